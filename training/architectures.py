@@ -1,0 +1,71 @@
+"""The two networks, written as the layer lists of their figures.
+
+Every layer is named: the names are the public contract of the service's `/features` route.
+Dropout layers act only in training; the exported features signature leaves them out.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def lenet(num_classes: int = 10) -> keras.Model:
+    """LeNet-5 as in the seed figure: 32x32x1 -> 6@28x28 -> 6@14x14 -> 16@10x10 -> 16@5x5 -> 120 -> 100 -> 10."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(32, 32, 1), name="image"),
+            layers.Conv2D(6, 5, strides=1, padding="valid", name="conv1"),  # 28x28x6
+            layers.ReLU(name="relu1"),
+            layers.MaxPooling2D(2, strides=2, name="pool1"),  # 14x14x6
+            layers.Conv2D(16, 5, strides=1, padding="valid", name="conv2"),  # 10x10x16
+            layers.ReLU(name="relu2"),
+            layers.MaxPooling2D(2, strides=2, name="pool2"),  # 5x5x16
+            layers.Flatten(name="flatten"),  # 400
+            layers.Dense(120, activation="relu", name="fc1"),
+            layers.Dropout(0.25, name="dropout1"),
+            layers.Dense(100, activation="relu", name="fc2"),
+            layers.Dropout(0.25, name="dropout2"),
+            layers.Dense(num_classes, name="fc3"),  # logits
+            layers.Softmax(name="softmax"),
+        ],
+        name="lenet",
+    )
+
+
+def _conv_block(i: int, filters: int) -> list[layers.Layer]:
+    # Batch norm sits between conv and ReLU; it is a named layer so /features can show it.
+    return [
+        layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}"),
+        layers.BatchNormalization(name=f"bn{i}"),
+        layers.ReLU(name=f"relu{i}"),
+    ]
+
+
+def scenes_net(num_classes: int = 4) -> keras.Model:
+    """A small VGG-style net: three blocks of two 3x3 convs and a 2x2 max-pool, then two FC layers.
+
+    32x32x3 -> 32@32x32 (x2) -> pool 16x16 -> 64@16x16 (x2) -> pool 8x8 -> 128@8x8 (x2) -> pool 4x4
+    -> 256 -> 4.
+    """
+    return keras.Sequential(
+        [
+            keras.Input(shape=(32, 32, 3), name="image"),
+            *_conv_block(1, 32),
+            *_conv_block(2, 32),
+            layers.MaxPooling2D(2, name="pool1"),
+            *_conv_block(3, 64),
+            *_conv_block(4, 64),
+            layers.MaxPooling2D(2, name="pool2"),
+            *_conv_block(5, 128),
+            *_conv_block(6, 128),
+            layers.MaxPooling2D(2, name="pool3"),
+            layers.Flatten(name="flatten"),
+            layers.Dropout(0.4, name="dropout1"),
+            layers.Dense(256, activation="relu", name="fc1"),
+            layers.Dropout(0.4, name="dropout2"),
+            layers.Dense(num_classes, name="fc2"),  # logits
+            layers.Softmax(name="softmax"),
+        ],
+        name="scenes_net",
+    )

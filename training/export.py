@@ -1,0 +1,131 @@
+"""Export a trained model as a TensorFlow SavedModel in TF Serving's layout, with its metadata.
+
+    models/<name>/<version>/saved_model.pb, variables/     the SavedModel
+    models/<name>/<version>/assets.extra/metadata.json     everything the service needs to know
+    models/<name>/<version>/report/                        curves, confusion matrix, figures
+
+Signatures:
+    serving_default: image float32 (N, H, W, C) -> {"probabilities": (N, classes)}
+    features:        image float32 (N, H, W, C) -> {<layer name>: that layer's output}
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from training.recipes import Recipe
+
+METADATA_FORMAT = 1
+METADATA_PATH = Path("assets.extra") / "metadata.json"
+PREDICT_SIGNATURE = "serving_default"
+FEATURES_SIGNATURE = "features"
+
+_LAYER_TYPES = {
+    keras.layers.Conv2D: "conv",
+    keras.layers.BatchNormalization: "batchnorm",
+    keras.layers.ReLU: "relu",
+    keras.layers.MaxPooling2D: "pool",
+    keras.layers.Flatten: "flatten",
+    keras.layers.Dense: "dense",
+    keras.layers.Softmax: "softmax",
+}
+
+
+def _layer_type(layer: keras.layers.Layer) -> str | None:
+    """The layer's public type, or None for layers that do nothing at inference (dropout)."""
+    if isinstance(layer, keras.layers.Dropout):
+        return None
+    for cls, name in _LAYER_TYPES.items():
+        if isinstance(layer, cls):
+            return name
+    raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__} has no public type")
+
+
+def layer_table(model: keras.Model) -> list[dict[str, Any]]:
+    table = []
+    for layer in model.layers:
+        kind = _layer_type(layer)
+        if kind is None:
+            continue
+        row: dict[str, Any] = {
+            "name": layer.name,
+            "type": kind,
+            "output_shape": [int(d) for d in layer.output.shape[1:]],
+        }
+        if kind in ("conv", "pool"):
+            size = layer.kernel_size if kind == "conv" else layer.pool_size
+            row["kernel_size"] = [int(k) for k in size]
+            row["stride"] = [int(s) for s in layer.strides]
+            row["padding"] = layer.padding
+        if kind == "conv":
+            row["filters"] = int(layer.filters)
+        if kind == "dense":
+            row["units"] = int(layer.units)
+            row["activation"] = layer.activation.__name__
+        table.append(row)
+    return table
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export(
+    model: keras.Model,
+    recipe: Recipe,
+    out_dir: Path,
+    version: int,
+    training: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> Path:
+    target = Path(out_dir) / recipe.name / str(version)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; versions are immutable, pick another")
+    table = layer_table(model)
+    features_model = keras.Model(
+        model.inputs, {row["name"]: model.get_layer(row["name"]).output for row in table}
+    )
+    spec = tf.TensorSpec((None, *recipe.input_shape), tf.float32, name="image")
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        PREDICT_SIGNATURE,
+        lambda image: {"probabilities": model(image, training=False)},
+        input_signature=[spec],
+    )
+    archive.add_endpoint(
+        FEATURES_SIGNATURE,
+        lambda image: features_model(image, training=False),
+        input_signature=[spec],
+    )
+    archive.write_out(str(target), verbose=False)
+
+    metadata = {
+        "format_version": METADATA_FORMAT,
+        "name": recipe.name,
+        "version": version,
+        "description": recipe.description,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "classes": recipe.classes,
+        "input": {"name": "image", "shape": list(recipe.input_shape), "dtype": "float32"},
+        "preprocessing": recipe.preprocessing,
+        "signatures": {
+            "predict": {"name": PREDICT_SIGNATURE, "output": "probabilities"},
+            "features": {"name": FEATURES_SIGNATURE},
+        },
+        "layers": table,
+        "parameters": int(model.count_params()),
+        "training": training,
+        "evaluation": evaluation,
+    }
+    (target / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
+    (target / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + "\n")
+    return target

@@ -1,0 +1,94 @@
+"""One recipe per model: classes, input, preprocessing and hyperparameters, each with one home.
+
+The `preprocessing` dictionary is exported verbatim into the model's metadata; it is the contract
+the service follows to turn an uploaded image into the array the model was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from training import architectures, data
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    preprocessing: dict[str, Any]
+    build: Callable[[int], keras.Model]
+    load: Callable[[Path], data.Dataset]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    # Training-time augmentation only; nothing here is exported.
+    augment: dict[str, float] = field(default_factory=dict)
+    val_fraction: float = 0.1
+
+
+MNIST_CLASSES = [str(d) for d in range(10)]
+SCENES_CLASSES = ["dog", "cat", "boat", "bird"]
+
+MNIST = Recipe(
+    name="mnist",
+    description="LeNet-5 (ReLU, max-pool) on MNIST handwritten digits",
+    classes=MNIST_CLASSES,
+    input_shape=(32, 32, 1),
+    preprocessing={
+        "color_mode": "grayscale",
+        "height": 32,
+        "width": 32,
+        # pixel value in the model = uint8 value * scale + offset
+        "scale": 1 / 255,
+        "offset": 0.0,
+        # Transparent pixels are composited onto this colour before anything else.
+        "alpha_background": [255, 255, 255],
+        "resize": "mnist_digit",
+        # How MNIST itself was made: the digit's bounding box scaled (aspect kept) into box_size,
+        # centred by its centre of mass in canvas_size, then padded to the input size.
+        "digit": {"box_size": 20, "canvas_size": 28, "ink": "bright_on_dark"},
+    },
+    build=lambda n: architectures.lenet(n),
+    load=data.load_mnist,
+    epochs=20,
+    batch_size=128,
+    learning_rate=2e-3,
+    weight_decay=1e-4,
+    augment={"rotation": 0.03, "translation": 0.08, "zoom": 0.08},
+)
+
+SCENES = Recipe(
+    name="scenes",
+    description="Small VGG-style ConvNet on four CIFAR-10 classes (dog, cat, boat, bird)",
+    classes=SCENES_CLASSES,
+    input_shape=(32, 32, 3),
+    preprocessing={
+        "color_mode": "rgb",
+        "height": 32,
+        "width": 32,
+        "scale": 1 / 255,
+        "offset": 0.0,
+        "alpha_background": [255, 255, 255],
+        # Keep the aspect ratio, crop the centre square, then downsample with an antialiasing
+        # filter: CIFAR's photos are centred square crops, so this matches what training saw.
+        "resize": "center_crop",
+        "filter": "box_then_bicubic",
+    },
+    build=lambda n: architectures.scenes_net(n),
+    load=lambda d: data.load_scenes(d, SCENES_CLASSES),
+    epochs=35,
+    batch_size=128,
+    learning_rate=2e-3,
+    weight_decay=5e-4,
+    augment={"flip": 1.0, "translation": 0.125},
+)
+
+RECIPES = {r.name: r for r in (MNIST, SCENES)}
