@@ -7,6 +7,8 @@
 Signatures:
     serving_default: image float32 (N, H, W, C) -> {"probabilities": (N, classes)}
     features:        image float32 (N, H, W, C) -> {<layer name>: that layer's output}
+    gradcam:         image, class_index int32 (N,) -> {"heatmap": (N, h, w) in [0, 1],
+                     "probabilities"}: Grad-CAM (Selvaraju et al. 2017) on the last spatial ReLU
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ METADATA_FORMAT = 1
 METADATA_PATH = Path("assets.extra") / "metadata.json"
 PREDICT_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "features"
+GRADCAM_SIGNATURE = "gradcam"
 
 _LAYER_TYPES = {
     keras.layers.Conv2D: "conv",
@@ -72,6 +75,26 @@ def layer_table(model: keras.Model) -> list[dict[str, Any]]:
     return table
 
 
+def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
+    """Grad-CAM: weight each feature map of `layer_name` by the mean gradient of the class logit."""
+    grad_model = keras.Model(
+        model.inputs, [model.get_layer(layer_name).output, model.get_layer(logits_name).output,
+                       model.outputs[0]]
+    )
+
+    def gradcam(image: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            maps, logits, probs = grad_model(image, training=False)
+            score = tf.gather(logits, class_index, batch_dims=1)
+        grads = tape.gradient(score, maps)
+        weights = tf.reduce_mean(grads, axis=(1, 2))
+        cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", maps, weights))
+        cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-12)
+        return {"heatmap": cam, "probabilities": probs}
+
+    return gradcam
+
+
 def next_version(model_dir: Path) -> int:
     versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
@@ -106,6 +129,14 @@ def export(
         lambda image: features_model(image, training=False),
         input_signature=[spec],
     )
+    # Grad-CAM looks at the last spatial ReLU, against the logits just before the softmax.
+    cam_layer = [r["name"] for r in table if r["type"] == "relu" and len(r["output_shape"]) == 3][-1]
+    logits_layer = table[-2]["name"]
+    archive.add_endpoint(
+        GRADCAM_SIGNATURE,
+        gradcam_fn(model, cam_layer, logits_layer),
+        input_signature=[spec, tf.TensorSpec((None,), tf.int32, name="class_index")],
+    )
     archive.write_out(str(target), verbose=False)
 
     metadata = {
@@ -120,6 +151,7 @@ def export(
         "signatures": {
             "predict": {"name": PREDICT_SIGNATURE, "output": "probabilities"},
             "features": {"name": FEATURES_SIGNATURE},
+            "gradcam": {"name": GRADCAM_SIGNATURE, "layer": cam_layer, "logits": logits_layer},
         },
         "layers": table,
         "parameters": int(model.count_params()),
