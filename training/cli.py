@@ -17,23 +17,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="convnet-train", description="Train, evaluate and export a ConvNet as a SavedModel."
     )
     p.add_argument("model", choices=sorted(RECIPES), help="which recipe to train")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                   help="folder holding mnist-train.npz / cifar4-train.npz (default: %(default)s); "
-                        "when the file is absent, keras.datasets downloads it")
-    p.add_argument("--out", type=Path, default=Path("models"),
-                   help="models folder; the export goes to OUT/<model>/<version> (default: %(default)s)")
-    p.add_argument("--version", type=int, default=None,
-                   help="version number to export as (default: one above the highest present)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="folder holding mnist-train.npz / cifar4-train.npz (default: %(default)s); "
+        "when the file is absent, keras.datasets downloads it",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models"),
+        help="models folder; the export goes to OUT/<model>/<version> (default: %(default)s)",
+    )
+    p.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        help="version number to export as (default: one above the highest present)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's)")
     p.add_argument("--seed", type=int, default=1, help="seed for the split, init and augmentation")
-    p.add_argument("--max-batches", type=int, default=None,
-                   help="smoke run: train on this many batches per epoch only")
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="smoke run: train on this many batches per epoch only",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the bar
+    os.environ.setdefault(
+        "TF_CPP_MIN_LOG_LEVEL", "2"
+    )  # keep TensorFlow's C++ chatter out of the bar
 
     from training import export, report
     from training.data import DataError
@@ -57,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         target, recipe.name, recipe.classes, result.history, result.evaluation, result.training
     )
     ev = result.evaluation
-    print(f"\n{recipe.name} v{version}: validation accuracy {ev['accuracy']:.4%} "
-          f"on {ev['samples']} images, trained in {result.training['wall_time_seconds']} s")
+    print(
+        f"\n{recipe.name} v{version}: validation accuracy {ev['accuracy']:.4%} "
+        f"on {ev['samples']} images, trained in {result.training['wall_time_seconds']} s"
+    )
     for name, acc in ev["per_class_accuracy"].items():
         print(f"  {name:>6}: {acc:.2%}")
     print(f"exported to {target}")

@@ -78,8 +78,8 @@ def layer_table(model: keras.Model) -> list[dict[str, Any]]:
 def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
     """Grad-CAM: weight each feature map of `layer_name` by the mean gradient of the class logit."""
     grad_model = keras.Model(
-        model.inputs, [model.get_layer(layer_name).output, model.get_layer(logits_name).output,
-                       model.outputs[0]]
+        model.inputs,
+        [model.get_layer(layer_name).output, model.get_layer(logits_name).output, model.outputs[0]],
     )
 
     def gradcam(image: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -130,7 +130,9 @@ def export(
         input_signature=[spec],
     )
     # Grad-CAM looks at the last spatial ReLU, against the logits just before the softmax.
-    cam_layer = [r["name"] for r in table if r["type"] == "relu" and len(r["output_shape"]) == 3][-1]
+    cam_layer = [r["name"] for r in table if r["type"] == "relu" and len(r["output_shape"]) == 3][
+        -1
+    ]
     logits_layer = table[-2]["name"]
     archive.add_endpoint(
         GRADCAM_SIGNATURE,

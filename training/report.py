@@ -9,8 +9,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on servers or CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def plot_curves(history: dict[str, list[float]], title: str, path: Path) -> None:
@@ -45,7 +45,9 @@ def plot_confusion(evaluation: dict[str, Any], classes: list[str], title: str, p
         for j in range(k):
             color = "white" if matrix[i, j] > threshold else "black"
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
-    ax.set_title(f"{title}\naccuracy {evaluation['accuracy']:.2%} on {evaluation['samples']} held out")
+    ax.set_title(
+        f"{title}\naccuracy {evaluation['accuracy']:.2%} on {evaluation['samples']} held out"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -62,7 +64,9 @@ def write_report(
     report = Path(target) / "report"
     report.mkdir(parents=True, exist_ok=True)
     plot_curves(history, f"{name}: training curves", report / "training_curves.png")
-    plot_confusion(evaluation, classes, f"{name}: confusion matrix", report / "confusion_matrix.png")
+    plot_confusion(
+        evaluation, classes, f"{name}: confusion matrix", report / "confusion_matrix.png"
+    )
     figures = {"history": history, "evaluation": evaluation, "training": training}
     (report / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     return report

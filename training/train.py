@@ -76,7 +76,7 @@ def evaluate(model: keras.Model, x_val: np.ndarray, y_val: np.ndarray, classes: 
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     return {
         "split": "validation",
-        "samples": int(len(y_val)),
+        "samples": len(y_val),
         "accuracy": float((pred == y_val).mean()),
         "per_class_accuracy": {c: float(a) for c, a in zip(classes, per_class, strict=True)},
         "confusion_matrix": confusion.tolist(),
@@ -118,7 +118,7 @@ def train(
         "weight_decay": recipe.weight_decay,
         "augmentation": recipe.augment,
         "train_samples": int(len(ds.y) - len(y_val)) if not max_batches else None,
-        "validation_samples": int(len(y_val)),
+        "validation_samples": len(y_val),
         "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}",
         "wall_time_seconds": round(wall, 1),
         "cpu_count": len(os.sched_getaffinity(0)),

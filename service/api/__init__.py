@@ -1,0 +1,37 @@
+"""HTTP layer: thin blueprints that decode a request, call `service.inference`, and encode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from service.config import Settings
+from service.errors import NotFound, NotReady
+from service.images import Limits
+from service.metrics import Metrics
+from service.registry import Model, Registry
+
+
+@dataclass
+class State:
+    """Everything the app owns, at app.extensions['convnet']."""
+
+    settings: Settings
+    registry: Registry
+    metrics: Metrics
+    limits: Limits
+
+
+def state() -> State:
+    return current_app.extensions["convnet"]
+
+
+def get_model(name: str) -> Model:
+    registry = state().registry
+    if not registry.ready.is_set():
+        raise NotReady("models are still loading; retry shortly (see /readyz)")
+    model = registry.get(name)
+    if model is None:
+        raise NotFound(f"no model named {name!r}; available: {sorted(registry.models)}")
+    return model

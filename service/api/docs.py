@@ -1,0 +1,225 @@
+"""`/openapi.json` generated from the pydantic schemas, and a plain HTML page rendering it."""
+
+from __future__ import annotations
+
+from html import escape
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
+
+from service import schemas
+from service.codecs import ENCODINGS
+
+bp = Blueprint("docs", __name__)
+
+IMAGE_TYPES = [
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+    "image/heic",
+    "image/avif",
+]
+ERRORS = {
+    "400": "Malformed request (bad JSON, bad base64, unknown layer or encoding).",
+    "404": "Unknown model.",
+    "413": "Body, image pixels, or number of images too large.",
+    "415": "Unsupported Content-Type or image format.",
+    "422": "Not a decodable image.",
+    "503": "Models still loading.",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*codes: str) -> dict:
+    return {c: _json(schemas.ErrorResponse, ERRORS[c]) for c in codes}
+
+
+def _image_body(batch: bool) -> dict:
+    binary = {"type": "string", "format": "binary"}
+    field = {"type": "array", "items": binary} if batch else binary
+    content = {t: {"schema": binary} for t in IMAGE_TYPES}
+    content["multipart/form-data"] = {
+        "schema": {"type": "object", "properties": {"image": field}, "required": ["image"]}
+    }
+    content["application/json"] = {"schema": _ref(schemas.ImagesRequest)}
+    return {"required": True, "content": content}
+
+
+_MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+_ENCODING = {
+    "name": "encoding",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": list(ENCODINGS), "default": "json"},
+}
+
+
+def build_openapi(model_names: list[str]) -> dict:
+    model_param = {**_MODEL, "description": f"One of: {', '.join(model_names) or '(loading)'}"}
+    infer_errors = _errors("400", "404", "413", "415", "422", "503")
+    paths = {
+        "/predict/{model}": {
+            "post": {
+                "summary": "Class probabilities for one or more images",
+                "parameters": [model_param],
+                "requestBody": _image_body(batch=True),
+                "responses": {
+                    "200": _json(schemas.PredictResponse, "One prediction per image."),
+                    **infer_errors,
+                },
+            }
+        },
+        "/features/{model}": {
+            "post": {
+                "summary": "Every named layer's activations for one image",
+                "parameters": [
+                    model_param,
+                    _ENCODING,
+                    {
+                        "name": "layers",
+                        "in": "query",
+                        "required": False,
+                        "description": "Comma-separated layer names (default: all).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": _image_body(batch=False),
+                "responses": {
+                    "200": _json(schemas.FeaturesResponse, "Activations."),
+                    **infer_errors,
+                },
+            }
+        },
+        "/gradcam/{model}": {
+            "post": {
+                "summary": "Grad-CAM heat map of one image for a class (default: the predicted one)",
+                "parameters": [
+                    model_param,
+                    _ENCODING,
+                    {
+                        "name": "class",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": _image_body(batch=False),
+                "responses": {"200": _json(schemas.GradcamResponse, "Heat map."), **infer_errors},
+            }
+        },
+        "/models": {
+            "get": {
+                "summary": "Every loaded model's metadata",
+                "responses": {"200": _json(schemas.ModelList, "Models."), **_errors("503")},
+            }
+        },
+        "/models/{model}": {
+            "get": {
+                "summary": "One model's metadata: classes, input, preprocessing, layer table",
+                "parameters": [model_param],
+                "responses": {"200": _json(schemas.ModelInfo, "Model."), **_errors("404", "503")},
+            }
+        },
+        "/livez": {
+            "get": {
+                "summary": "The process is alive",
+                "responses": {"200": _json(schemas.Health, "Alive.")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Every model is loaded and warmed up",
+                "responses": {
+                    "200": _json(schemas.Health, "Ready."),
+                    "503": _json(schemas.Health, "Not ready."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    components: dict = {}
+    for model in (
+        schemas.ImagesRequest,
+        schemas.PredictResponse,
+        schemas.FeaturesResponse,
+        schemas.GradcamResponse,
+        schemas.ModelList,
+        schemas.Health,
+        schemas.ErrorResponse,
+    ):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "convnet-service",
+            "version": "1",
+            "description": "Image classification with ConvNets you can look inside.",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+def _openapi() -> dict:
+    from service.api import state
+
+    return build_openapi(sorted(state().registry.models))
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(_openapi())
+
+
+@bp.get("/docs")
+def docs():
+    spec = _openapi()
+    parts = [
+        "<!doctype html><html lang=en><meta charset=utf-8>",
+        "<meta name=viewport content='width=device-width, initial-scale=1'>",
+        "<title>convnet-service API</title>",
+        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
+        "padding:0 1rem}code{background:#f3f3f3;padding:0 .2em}h2{margin-top:2rem}"
+        "li{margin:.2rem 0}</style>",
+        f"<h1>{escape(spec['info']['title'])} API</h1>",
+        f"<p>{escape(spec['info']['description'])} Machine-readable: "
+        "<a href='/openapi.json'>/openapi.json</a>. Explorer: <a href='/'>/</a>.</p>",
+    ]
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            parts.append(f"<h2><code>{method.upper()} {escape(path)}</code></h2>")
+            parts.append(f"<p>{escape(op['summary'])}</p><ul>")
+            for p in op.get("parameters", []):
+                desc = p.get("description", "")
+                parts.append(
+                    f"<li><code>{escape(p['name'])}</code> ({p['in']}) {escape(desc)}</li>"
+                )
+            if "requestBody" in op:
+                types = ", ".join(op["requestBody"]["content"])
+                parts.append(f"<li>body: {escape(types)}</li>")
+            for status, r in op["responses"].items():
+                parts.append(f"<li><b>{status}</b>: {escape(r['description'])}</li>")
+            parts.append("</ul>")
+    return Response("".join(parts), mimetype="text/html")

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from service import codecs, inference
+from service.api import get_model, state
+from service.errors import BadRequest
+
+bp = Blueprint("features", __name__)
+
+
+def _one_image(endpoint: str, model):
+    s = state()
+    payloads = codecs.images_from_request(request, max_images=1)
+    if len(payloads) != 1:
+        raise BadRequest(f"{endpoint} takes exactly one image")
+    s.metrics.images.labels(endpoint, model.name).observe(1)
+    return inference.prepare(model, payloads, s.limits, s.metrics)
+
+
+@bp.post("/features/<model>")
+def features(model: str):
+    m = get_model(model)
+    layers = inference.select_layers(m, request.args.get("layers"))
+    encoding = request.args.get("encoding", "json")
+    batch = _one_image("/features/<model>", m)
+    return jsonify(inference.features(m, batch, layers, encoding, state().metrics))
+
+
+@bp.post("/gradcam/<model>")
+def gradcam(model: str):
+    m = get_model(model)
+    encoding = request.args.get("encoding", "json")
+    batch = _one_image("/gradcam/<model>", m)
+    return jsonify(
+        inference.gradcam(m, batch, request.args.get("class"), encoding, state().metrics)
+    )

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from service.api import get_model, state
+from service.errors import NotReady
+from service.registry import Model
+
+bp = Blueprint("models", __name__)
+
+
+def model_info(m: Model) -> dict:
+    md = m.metadata
+    return {
+        "name": m.name,
+        "version": str(m.version),
+        "description": md.get("description"),
+        "classes": m.classes,
+        "input": md["input"],
+        "preprocessing": m.preprocessing,
+        "layers": m.layers,
+        "parameters": md.get("parameters"),
+        "signatures": md.get("signatures"),
+        "evaluation": md.get("evaluation"),
+        "training": md.get("training"),
+    }
+
+
+@bp.get("/models")
+def list_models():
+    registry = state().registry
+    if not registry.ready.is_set():
+        raise NotReady("models are still loading; retry shortly (see /readyz)")
+    return jsonify({"models": [model_info(m) for m in registry.models.values()]})
+
+
+@bp.get("/models/<model>")
+def get_one(model: str):
+    return jsonify(model_info(get_model(model)))

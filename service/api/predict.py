@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from service import codecs, inference
+from service.api import get_model, state
+
+bp = Blueprint("predict", __name__)
+
+
+@bp.post("/predict/<model>")
+def predict(model: str):
+    m = get_model(model)
+    s = state()
+    payloads = codecs.images_from_request(request, s.settings.max_batch)
+    s.metrics.images.labels("/predict/<model>", m.name).observe(len(payloads))
+    batch = inference.prepare(m, payloads, s.limits, s.metrics)
+    return jsonify(inference.predict(m, batch, s.metrics))

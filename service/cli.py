@@ -1,0 +1,46 @@
+"""`convnet-service serve`: run the service under Gunicorn with the project's config file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+CONFIG = Path(__file__).with_name("gunicorn.conf.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="convnet-service", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service under Gunicorn")
+    serve.add_argument(
+        "--bind", default="127.0.0.1:8000", help="address:port (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: one per CPU core)"
+    )
+    serve.add_argument("--threads", type=int, default=None, help="threads per worker (default: 4)")
+    serve.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="folder of <name>/<version>/ SavedModels (default: ./models)",
+    )
+    args = p.parse_args(argv)
+
+    os.environ["GUNICORN_BIND"] = args.bind
+    if args.workers:
+        os.environ["GUNICORN_WORKERS"] = str(args.workers)
+    if args.threads:
+        os.environ["GUNICORN_THREADS"] = str(args.threads)
+    if args.models_dir:
+        os.environ["CONVNET_MODELS_DIR"] = str(args.models_dir.resolve())
+    # Exec Gunicorn itself, so signals (SIGTERM, SIGHUP) reach its arbiter directly.
+    gunicorn = [sys.executable, "-m", "gunicorn", "--config", str(CONFIG)]
+    os.execv(sys.executable, gunicorn)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Bytes in, model input out: sniff, allowlisted decode, EXIF, modes, alpha, resize, normalise.
+
+The steps after decoding follow the `preprocessing` block of the model's metadata, so the same
+code serves any model the training package exports.
+
+Resize policies:
+- `center_crop` (photos): keep the aspect ratio, crop the centred square, downsample with an
+  antialiasing filter (a box reduction, then bicubic). CIFAR images are centred square crops of
+  photos, so a large photo reaches the model looking like what it was trained on.
+- `mnist_digit` (digits): find the ink, scale its bounding box into box_size x box_size keeping the
+  aspect ratio, centre it by its centre of mass in canvas_size x canvas_size, pad to the input
+  size, ink bright on dark: how the MNIST digits themselves were made.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from service.errors import TooLarge, UndecodableImage, UnsupportedMediaType
+
+# Pillow decoders we allow; nothing else ever runs (no EPS/Ghostscript, PSD, ...).
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF")
+
+
+def _sniff(data: bytes) -> str | None:
+    """The container format from the magic bytes, or None: we never trust names or Content-Type."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
+            return "HEIF"
+    return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 40_000_000  # a 48 MP phone sensor bins to 12 MP; 40 MP leaves room
+    max_side: int = 20_000
+
+
+def register_plugins() -> None:
+    """HEIC support comes from pillow-heif; AVIF is built into Pillow."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
+def decode(data: bytes, limits: Limits, draft_size: int | None = None) -> Image.Image:
+    """Decode the first frame of an allowlisted image, checking its size before any pixel is read."""
+    if not data:
+        raise UndecodableImage("the image is empty (0 bytes)")
+    fmt = _sniff(data)
+    if fmt is None:
+        raise UnsupportedMediaType(
+            "not an image in a supported format; send JPEG, PNG, GIF, WebP, BMP, TIFF, HEIC or AVIF"
+        )
+    # pillow-heif reads AVIF too; give Pillow's own AVIF plugin the first try.
+    formats = ["AVIF", "HEIF"] if fmt == "AVIF" else [fmt]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[f for f in formats if f in ALLOWED_FORMATS])
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise UndecodableImage(f"the image has no pixels ({w}x{h})")
+        if w * h > limits.max_pixels or max(w, h) > limits.max_side:
+            raise TooLarge(
+                f"the image is {w}x{h} pixels; the limit is {limits.max_pixels} pixels "
+                f"and {limits.max_side} per side"
+            )
+        if draft_size and img.format == "JPEG":
+            # DCT scaling in the JPEG decoder: a 12 MP photo decodes at 1/8 size, far faster.
+            img.draft(img.mode, (draft_size, draft_size))
+        img.load()  # first frame only for GIF/WebP/TIFF; later frames are never decoded
+        return img
+    except (TooLarge, UndecodableImage):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooLarge(f"the image claims too many pixels ({exc})") from exc
+    except Exception as exc:  # Pillow raises many types on broken files; none may escape as a 500
+        raise UndecodableImage(f"the {fmt} image could not be decoded: {exc}") from exc
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose an otherwise good image
+        return img
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images scaled into 0..255 (Pillow's convert would clip them)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return img
+
+
+def _flatten_alpha(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Composite transparency onto `background` (black would turn a transparent PNG into night)."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        canvas = Image.new("RGB", img.size, background)
+        canvas.paste(img, mask=img.getchannel("A"))
+        return canvas
+    return img
+
+
+def _background_for(img: Image.Image, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """For digits: strokes drawn in white on a transparent canvas go onto black, not white."""
+    if img.mode not in ("RGBA", "LA", "PA", "P"):
+        return default
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+    alpha = rgba[..., 3] / 255.0
+    if alpha.sum() < 1 or alpha.min() > 0.99:
+        return default
+    tone = (rgba[..., :3].mean(axis=2) * alpha).sum() / alpha.sum()
+    default_tone = sum(default) / 3
+    if abs(tone - default_tone) < 64:  # ink the colour of the background: use the opposite
+        return (0, 0, 0) if default_tone > 127 else (255, 255, 255)
+    return default
+
+
+def to_mode(img: Image.Image, color_mode: str, background: tuple[int, int, int]) -> Image.Image:
+    img = _flatten_alpha(_to_8bit(img), background)
+    target = {"grayscale": "L", "rgb": "RGB"}[color_mode]
+    # CMYK, YCbCr, 1-bit, palette: Pillow's conversions (JPEG's Adobe CMYK inversion included).
+    return img if img.mode == target else img.convert(target)
+
+
+def center_crop(img: Image.Image, height: int, width: int) -> Image.Image:
+    w, h = img.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    return img.resize((width, height), Image.Resampling.BICUBIC, box=box, reducing_gap=2.0)
+
+
+def mnist_digit(img: Image.Image, height: int, width: int, digit: dict[str, Any]) -> np.ndarray:
+    """A greyscale image of a digit -> (height, width) uint8 array, MNIST style."""
+    box_size, canvas_size = digit["box_size"], digit["canvas_size"]
+    # Work at a bounded size: a 12 MP photo of a digit needs no more than ~256 px for a 20 px box.
+    img = img.copy()
+    img.thumbnail((256, 256), Image.Resampling.BOX)
+    a = np.asarray(img, dtype=np.float32)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if np.median(border) > 127:  # dark ink on light paper -> bright ink on dark, like MNIST
+        a = 255.0 - a
+        border = 255.0 - border
+    # Remove the paper's own tone (grey paper, shadows) and stretch the ink to full range.
+    a = np.clip(a - np.percentile(border, 90), 0, None)
+    peak = a.max()
+    out = np.zeros((height, width), np.uint8)
+    if peak < 32:  # nothing that looks like ink: a blank canvas is a black input
+        return out
+    a = a * (255.0 / peak)
+    rows, cols = np.nonzero(a > 64)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    crop = Image.fromarray(a[top:bottom, left:right].astype(np.uint8), "L")
+    scale = box_size / max(crop.size)
+    new_w, new_h = (max(1, round(s * scale)) for s in crop.size)
+    digit_img = np.asarray(crop.resize((new_w, new_h), Image.Resampling.LANCZOS), np.float32)
+    # Centre of mass to the canvas centre, as in the original MNIST preparation.
+    total = digit_img.sum()
+    cy = (digit_img.sum(axis=1) * np.arange(new_h)).sum() / total if total else new_h / 2
+    cx = (digit_img.sum(axis=0) * np.arange(new_w)).sum() / total if total else new_w / 2
+    y0 = int(np.clip(round(canvas_size / 2 - cy), 0, canvas_size - new_h))
+    x0 = int(np.clip(round(canvas_size / 2 - cx), 0, canvas_size - new_w))
+    canvas = np.zeros((canvas_size, canvas_size), np.float32)
+    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = digit_img
+    pad_y, pad_x = (height - canvas_size) // 2, (width - canvas_size) // 2
+    out[pad_y : pad_y + canvas_size, pad_x : pad_x + canvas_size] = np.clip(canvas, 0, 255)
+    return out
+
+
+def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    """A decoded image -> float32 (H, W, C) exactly as the model's metadata describes."""
+    h, w = spec["height"], spec["width"]
+    img = _exif_transpose(img)
+    background = tuple(spec.get("alpha_background", (255, 255, 255)))
+    if spec["resize"] == "mnist_digit":
+        background = _background_for(img, background)
+    img = to_mode(img, spec["color_mode"], background)
+    if spec["resize"] == "mnist_digit":
+        arr = mnist_digit(img, h, w, spec["digit"])
+    elif spec["resize"] == "center_crop":
+        arr = np.asarray(center_crop(img, h, w))
+    else:
+        raise ValueError(f"unknown resize policy {spec['resize']!r} in the model's metadata")
+    arr = arr.astype(np.float32) * np.float32(spec["scale"]) + np.float32(spec["offset"])
+    return arr.reshape(h, w, -1)
+
+
+def load(data: bytes, spec: dict[str, Any], limits: Limits) -> np.ndarray:
+    """Decode and preprocess one image for a model: bytes -> float32 (H, W, C)."""
+    # Ask the JPEG decoder for no less than 8x the model's input: enough for any resize policy.
+    draft = 8 * max(spec["height"], spec["width"])
+    return preprocess(decode(data, limits, draft_size=draft), spec)

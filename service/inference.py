@@ -1,0 +1,125 @@
+"""The request path without HTTP: images -> preprocess -> model call -> response bodies.
+
+Nothing here knows about Flask; the blueprints decode the request, call these, and encode.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service import codecs, images
+from service.errors import BadRequest
+from service.metrics import Metrics
+from service.registry import Model
+
+
+def prepare(
+    model: Model, payloads: list[bytes], limits: images.Limits, metrics: Metrics
+) -> np.ndarray:
+    """Decode and preprocess every image: a float32 batch (N, H, W, C) in request order."""
+    arrays = []
+    for data in payloads:
+        started = time.perf_counter()
+        arrays.append(images.load(data, model.preprocessing, limits))
+        metrics.preprocess.labels(model.name).observe(time.perf_counter() - started)
+    return np.stack(arrays)
+
+
+def _timed(metrics: Metrics, model: Model, signature: str, batch: np.ndarray, call):
+    started = time.perf_counter()
+    out = call()
+    metrics.inference.labels(model.name, signature).observe(time.perf_counter() - started)
+    metrics.batch_size.labels(model.name, signature).observe(len(batch))
+    return out
+
+
+def describe(model: Model, probabilities: np.ndarray, metrics: Metrics) -> list[dict]:
+    """Softmax rows -> prediction bodies, counted by class and confidence."""
+    out = []
+    for row in probabilities:
+        top = int(row.argmax())
+        label = model.classes[top]
+        metrics.predictions.labels(model.name, label).inc()
+        metrics.confidence.labels(model.name).observe(float(row[top]))
+        out.append(
+            {
+                "label": label,
+                "confidence": float(row[top]),
+                "probabilities": {c: float(p) for c, p in zip(model.classes, row, strict=True)},
+            }
+        )
+    return out
+
+
+def predict(model: Model, batch: np.ndarray, metrics: Metrics) -> dict:
+    probs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
+    return {
+        "model": model.name,
+        "version": str(model.version),
+        "predictions": describe(model, probs, metrics),
+    }
+
+
+def select_layers(model: Model, requested: str | None) -> list[dict]:
+    """The layer table rows named in `requested` (comma-separated), in network order."""
+    if not requested:
+        return model.layers
+    names = [n.strip() for n in requested.split(",") if n.strip()]
+    known = {row["name"] for row in model.layers}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BadRequest(
+            f"unknown layer(s) {unknown} for model {model.name}; known: {[r['name'] for r in model.layers]}"
+        )
+    return [row for row in model.layers if row["name"] in names]
+
+
+def features(
+    model: Model, batch: np.ndarray, layers: list[dict], encoding: str, metrics: Metrics
+) -> dict:
+    if encoding not in codecs.ENCODINGS:
+        raise BadRequest(f"unknown encoding {encoding!r}; use one of {', '.join(codecs.ENCODINGS)}")
+    acts = _timed(metrics, model, "features", batch, lambda: model.features(batch))
+    softmax = acts[model.layers[-1]["name"]]
+    return {
+        "model": model.name,
+        "version": str(model.version),
+        "prediction": describe(model, softmax, metrics)[0],
+        "input": codecs.encode_array(batch[0], encoding),
+        "layers": [
+            {
+                "name": row["name"],
+                "type": row["type"],
+                **codecs.encode_array(acts[row["name"]][0], encoding),
+            }
+            for row in layers
+        ],
+    }
+
+
+def gradcam(
+    model: Model, batch: np.ndarray, class_name: str | None, encoding: str, metrics: Metrics
+) -> dict:
+    if model.gradcam_fn is None:
+        raise BadRequest(f"model {model.name} was exported without a Grad-CAM signature")
+    if encoding not in codecs.ENCODINGS:
+        raise BadRequest(f"unknown encoding {encoding!r}; use one of {', '.join(codecs.ENCODINGS)}")
+    probs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
+    prediction = describe(model, probs, metrics)[0]
+    if class_name is None:
+        class_name = prediction["label"]
+    elif class_name not in model.classes:
+        raise BadRequest(f"unknown class {class_name!r}; classes: {model.classes}")
+    index = np.array([model.classes.index(class_name)], np.int32)
+    heatmap = _timed(metrics, model, "gradcam", batch, lambda: model.gradcam(batch, index))
+    return {
+        "model": model.name,
+        "version": str(model.version),
+        "class": class_name,
+        "layer": model.metadata["signatures"]["gradcam"]["layer"],
+        "prediction": prediction,
+        "heatmap": codecs.encode_array(heatmap[0], encoding),
+        "input": codecs.encode_array(batch[0], encoding),
+    }

@@ -1,0 +1,181 @@
+"""Every metric, defined in one place, correct with N Gunicorn workers.
+
+Under Gunicorn, PROMETHEUS_MULTIPROC_DIR is set by gunicorn.conf.py before any worker imports
+prometheus_client: each worker writes its samples to memory-mapped files there, and `/metrics`
+(served by whichever worker) merges them all with the MultiProcessCollector. Without it (unit
+tests, a plain Flask run) the app's own registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
+
+# Sub-millisecond (a cached 404) to seconds (a 12 MP photo through the scenes net).
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+)
+BYTES_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
+IMAGES_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode metrics live in files, not in a registry; see `render`.
+        self.registry = CollectorRegistry()
+        reg = None if self.multiprocess else self.registry
+        if not self.multiprocess:
+            ProcessCollector(registry=self.registry)
+
+        self.requests = Counter(
+            "convnet_http_requests_total",
+            "HTTP requests answered.",
+            ["endpoint", "model", "status"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "convnet_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.in_flight = Gauge(
+            "convnet_http_requests_in_flight",
+            "Requests being handled now.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.body_bytes = Histogram(
+            "convnet_http_request_body_bytes",
+            "Size of request bodies.",
+            ["endpoint"],
+            buckets=BYTES_BUCKETS,
+            registry=reg,
+        )
+        self.images = Histogram(
+            "convnet_images_per_request",
+            "Images in one request.",
+            ["endpoint", "model"],
+            buckets=IMAGES_BUCKETS,
+            registry=reg,
+        )
+        self.preprocess = Histogram(
+            "convnet_image_preprocess_seconds",
+            "Decoding and preprocessing one image.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.inference = Histogram(
+            "convnet_inference_seconds",
+            "One model call (a whole batch).",
+            ["model", "signature"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "convnet_inference_batch_size",
+            "Images in one model call.",
+            ["model", "signature"],
+            buckets=IMAGES_BUCKETS,
+            registry=reg,
+        )
+        self.predictions = Counter(
+            "convnet_predictions_total",
+            "Predicted (top-1) class per image.",
+            ["model", "class"],
+            registry=reg,
+        )
+        self.confidence = Histogram(
+            "convnet_prediction_confidence",
+            "Probability of the top-1 class per image.",
+            ["model"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=reg,
+        )
+        self.model_info = Gauge(
+            "convnet_model_info",
+            "Models loaded (value 1), by name and version.",
+            ["model", "version"],
+            multiprocess_mode="max",
+            registry=reg,
+        )
+        self.worker_rss = Gauge(
+            "convnet_worker_resident_memory_bytes",
+            "Resident memory of this worker process (a pid label per worker).",
+            multiprocess_mode="liveall",
+            registry=reg,
+        )
+        self.worker_cpu = Gauge(
+            "convnet_worker_cpu_seconds",
+            "CPU time used by each worker process so far.",
+            multiprocess_mode="liveall",
+            registry=reg,
+        )
+        self.worker_ready = Gauge(
+            "convnet_worker_ready",
+            "1 when the worker has loaded and warmed up every model.",
+            multiprocess_mode="liveall",
+            registry=reg,
+        )
+
+    def sample_process(self) -> None:
+        """This worker's memory and CPU; ProcessCollector cannot cross processes."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.worker_cpu.set(usage.ru_utime + usage.ru_stime)
+        try:
+            with open("/proc/self/statm") as f:
+                rss_pages = int(f.read().split()[1])
+            self.worker_rss.set(rss_pages * os.sysconf("SC_PAGE_SIZE"))
+        except OSError:
+            self.worker_rss.set(usage.ru_maxrss * 1024)
+
+    def start_sampler(self, interval: float = 5.0) -> None:
+        def loop() -> None:
+            while True:
+                self.sample_process()
+                time.sleep(interval)
+
+        threading.Thread(target=loop, name="metrics-sampler", daemon=True).start()
+
+    def render(self) -> bytes:
+        self.sample_process()
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,118 @@
+"""Start the real service under Gunicorn, with the project's config file, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "service" / "gunicorn.conf.py"
+MODELS_DIR = Path(os.environ.get("CONVNET_TEST_MODELS_DIR", ROOT / "models"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class GunicornServer:
+    """One Gunicorn master with its workers; stop() always leaves no process behind."""
+
+    tmp: Path
+    workers: int = 2
+    threads: int = 4
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.tmp / "metrics"
+
+    def start(self, wait_ready: bool = True, timeout: float = 90) -> GunicornServer:
+        env = {
+            **os.environ,
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+            "GUNICORN_WORKERS": str(self.workers),
+            "GUNICORN_THREADS": str(self.threads),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            "CONVNET_MODELS_DIR": str(MODELS_DIR),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **self.env,
+        }
+        self.log_path = self.tmp / f"gunicorn-{self.port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", str(CONFIG)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready_workers(self) -> int:
+        text = requests.get(f"{self.url}/metrics", timeout=5).text
+        return sum(
+            1
+            for line in text.splitlines()
+            if line.startswith("convnet_worker_ready{") and line.endswith(" 1.0")
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until every worker has loaded and warmed up its models (each reports it in /metrics)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.ready_workers() >= self.workers:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"service not ready after {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
+        )
+        return [int(p) for p in out.stdout.split()]
+
+    def __enter__(self) -> GunicornServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
