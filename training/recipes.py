@@ -58,11 +58,12 @@ MNIST = Recipe(
     },
     build=lambda n: architectures.lenet(n),
     load=data.load_mnist,
-    epochs=20,
+    epochs=30,
     batch_size=128,
-    learning_rate=2e-3,
-    weight_decay=1e-4,
-    augment={"rotation": 0.03, "translation": 0.08, "zoom": 0.08},
+    learning_rate=3e-3,
+    weight_decay=5e-5,
+    # Mild: +-2 px shifts and +-7 degrees; LeNet-5 is small, more augmentation underfits it.
+    augment={"rotation": 0.02, "translation": 0.06},
 )
 
 SCENES = Recipe(
