@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from service import errors, images, instrumentation
-from service.api import State, docs, features, health, models, predict
+from service.api import State, docs, explorer, features, health, models, predict
 from service.config import Settings
 from service.metrics import Metrics
 from service.registry import Registry
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
 
     errors.register(app)
     instrumentation.init_app(app, metrics)
-    for bp in (predict.bp, features.bp, models.bp, health.bp, docs.bp):
+    for bp in (predict.bp, features.bp, models.bp, health.bp, docs.bp, explorer.bp):
         app.register_blueprint(bp)
 
     def loaded() -> None:

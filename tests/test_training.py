@@ -1,0 +1,244 @@
+"""Training package: label remap, split, architectures, and export equal to the Keras model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import data
+from training.recipes import MNIST, SCENES
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(
+    not (SHARED_DATA / "mnist-train.npz").exists(),
+    reason=f"training data not found at {SHARED_DATA} (see ../shared/data/README.md)",
+)
+
+
+def test_scenes_remap_from_alphabetical_labels():
+    # The data file is alphabetical (bird, cat, dog, ship); we serve dog, cat, boat, bird.
+    y = np.array([0, 1, 2, 3, 3, 0], np.uint8)
+    got = data.remap_labels(y, ["bird", "cat", "dog", "ship"], ["dog", "cat", "boat", "bird"])
+    assert got.tolist() == [3, 1, 0, 2, 2, 3]
+
+
+def test_remap_rejects_unknown_class_and_out_of_range_labels():
+    with pytest.raises(data.DataError, match="horse"):
+        data.remap_labels(np.array([0]), ["horse"], ["dog"])
+    with pytest.raises(data.DataError, match="labels"):
+        data.remap_labels(np.array([4]), ["bird", "cat", "dog", "ship"], SCENES.classes)
+
+
+def test_load_scenes_remaps_a_file(tmp_path):
+    x = np.stack([np.full((32, 32, 3), i, np.uint8) for i in range(4)])
+    np.savez_compressed(
+        tmp_path / "cifar4-train.npz",
+        x=x,
+        y=np.arange(4, dtype=np.uint8),
+        classes=np.array(["bird", "cat", "dog", "ship"]),
+    )
+    ds = data.load_scenes(tmp_path, SCENES.classes)
+    # The image whose pixels are 2 was a 'dog' (file label 2): our class 0.
+    assert [SCENES.classes[c] for c in ds.y] == ["bird", "cat", "dog", "boat"]
+    assert ds.x[2].max() == 2
+
+
+def test_malformed_data_file_is_a_clear_error(tmp_path):
+    (tmp_path / "mnist-train.npz").write_bytes(b"not a zip file")
+    with pytest.raises(data.DataError, match=r"not a readable \.npz"):
+        data.load_mnist(tmp_path)
+    np.savez_compressed(tmp_path / "mnist-train.npz", x=np.zeros((2, 5, 5), np.uint8))
+    with pytest.raises(data.DataError, match="missing arrays"):
+        data.load_mnist(tmp_path)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert cli.returncode == 2
+    assert "error:" in cli.stderr and "missing arrays" in cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+def test_stratified_split_is_seeded_disjoint_and_stratified():
+    y = np.repeat(np.arange(4), [100, 200, 300, 400])
+    tr1, va1 = data.stratified_split(y, 0.1, seed=7)
+    tr2, va2 = data.stratified_split(y, 0.1, seed=7)
+    assert np.array_equal(va1, va2) and np.array_equal(tr1, tr2)
+    assert not set(tr1) & set(va1) and len(tr1) + len(va1) == len(y)
+    assert np.bincount(y[va1]).tolist() == [10, 20, 30, 40]
+    _, va3 = data.stratified_split(y, 0.1, seed=8)
+    assert not np.array_equal(va1, va3)
+
+
+def test_lenet_is_the_classic_layer_list():
+    from training.export import layer_table
+
+    table = layer_table(MNIST.build(10))
+    assert [(r["name"], r["type"], r["output_shape"]) for r in table] == [
+        ("conv1", "conv", [28, 28, 6]),
+        ("relu1", "relu", [28, 28, 6]),
+        ("pool1", "pool", [14, 14, 6]),
+        ("conv2", "conv", [10, 10, 16]),
+        ("relu2", "relu", [10, 10, 16]),
+        ("pool2", "pool", [5, 5, 16]),
+        ("flatten", "flatten", [400]),
+        ("fc1", "dense", [120]),
+        ("fc2", "dense", [100]),
+        ("fc3", "dense", [10]),
+        ("softmax", "softmax", [10]),
+    ]
+    assert table[0]["kernel_size"] == [5, 5] and table[0]["stride"] == [1, 1]
+    assert table[2]["kernel_size"] == [2, 2] and table[2]["stride"] == [2, 2]
+
+
+def test_scenes_net_keeps_relu_and_pool_as_named_layers():
+    from training.export import layer_table
+
+    table = layer_table(SCENES.build(4))
+    names = [r["name"] for r in table]
+    assert names[:3] == ["conv1", "bn1", "relu1"] and "pool3" in names
+    assert table[-1]["output_shape"] == [4]
+    assert all(r["type"] != "batchnorm" or "bn" in r["name"] for r in table)
+
+
+@pytest.mark.parametrize("recipe", [MNIST, SCENES], ids=lambda r: r.name)
+def test_exported_savedmodel_equals_keras(recipe, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from training import export
+
+    model = recipe.build(len(recipe.classes))
+    rng = np.random.default_rng(0)
+    x = rng.random((5, *recipe.input_shape), dtype=np.float32)
+    evaluation = {"accuracy": 0.0}
+    target = export.export(model, recipe, tmp_path, 3, {"seed": 0}, evaluation)
+
+    loaded = tf.saved_model.load(str(target))
+    probs = loaded.signatures["serving_default"](image=tf.constant(x))["probabilities"].numpy()
+    np.testing.assert_allclose(probs, model(x, training=False).numpy(), atol=1e-6)
+    feats = loaded.signatures["features"](image=tf.constant(x))
+    metadata = json.loads((target / export.METADATA_PATH).read_text())
+    for row in metadata["layers"]:
+        expected = model.get_layer(row["name"]).output
+        sub = keras.Model(model.inputs, expected)
+        np.testing.assert_allclose(feats[row["name"]].numpy(), sub(x).numpy(), atol=1e-5)
+        assert list(feats[row["name"]].shape[1:]) == row["output_shape"]
+    np.testing.assert_allclose(feats["softmax"].numpy(), probs, atol=1e-6)
+    cam = loaded.signatures["gradcam"](image=tf.constant(x), class_index=tf.constant([0] * 5))
+    assert cam["heatmap"].shape[0] == 5 and float(tf.reduce_max(cam["heatmap"])) <= 1.0
+    assert metadata["name"] == recipe.name and metadata["version"] == 3
+    assert metadata["classes"] == recipe.classes
+    assert metadata["input"] == {
+        "name": "image",
+        "shape": list(recipe.input_shape),
+        "dtype": "float32",
+    }
+    assert metadata["preprocessing"] == json.loads(json.dumps(recipe.preprocessing))
+    assert metadata["evaluation"] == evaluation
+    with pytest.raises(FileExistsError):
+        export.export(model, recipe, tmp_path, 3, {}, evaluation)
+
+
+@needs_data
+def test_real_scenes_file_remaps_to_balanced_classes():
+    ds = data.load_scenes(SHARED_DATA, SCENES.classes)
+    assert ds.x.shape == (18000, 32, 32, 3)
+    assert np.bincount(ds.y).tolist() == [4500] * 4
+    with np.load(SHARED_DATA / "cifar4-train.npz") as f:
+        ship = list(f["classes"]).index("ship")
+        assert (ds.y[f["y"] == ship] == SCENES.classes.index("boat")).all()
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["mnist", "scenes"])
+def test_smoke_train_and_export(name, tmp_path):
+    """A few batches end to end through the CLI: train, evaluate, export, report."""
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            name,
+            "--data-dir",
+            str(SHARED_DATA),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--max-batches",
+            "2",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    target = tmp_path / name / "1"
+    assert (target / "saved_model.pb").exists()
+    for f in ("training_curves.png", "confusion_matrix.png", "figures.json"):
+        assert (target / "report" / f).stat().st_size > 1000
+    metadata = json.loads((target / "assets.extra" / "metadata.json").read_text())
+    assert metadata["training"]["smoke_run"] is True
+    assert len(metadata["evaluation"]["confusion_matrix"]) == len(metadata["classes"])
+
+
+COMMITTED = {"mnist": 0.993, "scenes": 0.90}
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_model(name):
+    """The models the service ships: present, small, and at the accuracy recorded at export."""
+    versions = sorted((ROOT / "models" / name).glob("[0-9]*"), key=lambda p: int(p.name))
+    if not versions:
+        pytest.skip(f"models/{name} has not been trained yet")
+    target = versions[-1]
+    metadata = json.loads((target / "assets.extra" / "metadata.json").read_text())
+    assert metadata["training"]["smoke_run"] is False
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    assert size < 20 * 1024 * 1024
+    assert metadata["evaluation"]["samples"] >= 1800
+    assert metadata["evaluation"]["accuracy"] >= COMMITTED[name]
+
+
+@needs_data
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_model_reproduces_its_recorded_accuracy(name):
+    """Re-evaluate the committed SavedModel on the same seeded validation split."""
+    import tensorflow as tf
+
+    from training.recipes import RECIPES
+    from training.train import _scale
+
+    versions = sorted((ROOT / "models" / name).glob("[0-9]*"), key=lambda p: int(p.name))
+    if not versions:
+        pytest.skip(f"models/{name} has not been trained yet")
+    metadata = json.loads((versions[-1] / "assets.extra" / "metadata.json").read_text())
+    recipe = RECIPES[name]
+    ds = recipe.load(SHARED_DATA)
+    _, val = data.stratified_split(ds.y, recipe.val_fraction, metadata["training"]["seed"])
+    predict = tf.saved_model.load(str(versions[-1])).signatures["serving_default"]
+    probs = predict(image=_scale(ds.x[val], recipe))["probabilities"].numpy()
+    accuracy = float((probs.argmax(1) == ds.y[val]).mean())
+    assert accuracy == pytest.approx(metadata["evaluation"]["accuracy"], abs=1e-4)
