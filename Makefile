@@ -1,0 +1,24 @@
+# Two commands: `make serve` runs the service on the committed models; `make test` runs every test.
+VENV ?= .venv
+PYTHON ?= python3
+BIND ?= 127.0.0.1:8000
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/python -m pip install -e ".[dev]"
+	touch $@
+
+.PHONY: install serve test lint
+install: $(VENV)/.installed
+
+serve: install
+	$(VENV)/bin/convnet-service serve --bind $(BIND)
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

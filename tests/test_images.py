@@ -1,0 +1,201 @@
+"""Image intake: formats, EXIF, modes, alpha, resize policy and MNIST-style digit normalisation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from service import images
+from service.errors import TooLarge, UndecodableImage, UnsupportedMediaType
+from tests import corpus
+
+LIMITS = images.Limits()
+RGB = {
+    "color_mode": "rgb",
+    "height": 32,
+    "width": 32,
+    "scale": 1 / 255,
+    "offset": 0.0,
+    "alpha_background": [255, 255, 255],
+    "resize": "center_crop",
+}
+DIGIT = {
+    "color_mode": "grayscale",
+    "height": 32,
+    "width": 32,
+    "scale": 1 / 255,
+    "offset": 0.0,
+    "alpha_background": [255, 255, 255],
+    "resize": "mnist_digit",
+    "digit": {"box_size": 20, "canvas_size": 28, "ink": "bright_on_dark"},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugins():
+    images.register_plugins()
+
+
+@pytest.mark.parametrize("fmt", sorted(corpus.FORMATS))
+def test_every_format_decodes_to_the_same_picture(fmt):
+    reference = images.load(corpus.encode(corpus.photo(), "PNG"), RGB, LIMITS)
+    data, _ = corpus.in_format(corpus.photo(), fmt)
+    got = images.load(data, RGB, LIMITS)
+    assert got.shape == (32, 32, 3) and got.dtype == np.float32
+    # Lossy formats and GIF's palette differ a little, never wholesale.
+    assert np.abs(got - reference).mean() < 0.05
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(orientation):
+    upright = images.load(corpus.with_orientation(corpus.photo(48, 48), 1), RGB, LIMITS)
+    rotated = images.load(corpus.with_orientation(corpus.photo(48, 48), orientation), RGB, LIMITS)
+    assert np.abs(rotated - upright).mean() < 0.03
+    assert rotated[1, 1, 0] > 0.8 and rotated[1, 1, 1] < 0.3  # the red block is back top-left
+
+
+def test_transparent_png_is_composited_onto_white_not_black():
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    ImageDraw.Draw(img).rectangle([10, 10, 29, 29], fill=(0, 0, 255, 255))
+    got = images.load(corpus.encode(img, "PNG"), RGB, LIMITS)
+    assert got[0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert got[16, 16].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_palette_with_transparency_and_greyscale_alpha():
+    p = Image.new("P", (20, 20), 0)
+    p.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    p.info["transparency"] = 0
+    ImageDraw.Draw(p).rectangle([5, 5, 14, 14], fill=1)
+    got = images.load(corpus.encode(p, "PNG", transparency=0), RGB, LIMITS)
+    assert got[0, 0].tolist() == [1.0, 1.0, 1.0] and got[16, 16].tolist() == [1.0, 0.0, 0.0]
+    la = Image.new("LA", (20, 20), (0, 0))
+    got = images.load(corpus.encode(la, "PNG"), RGB, LIMITS)
+    assert got.min() == 1.0
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped():
+    arr = np.full((20, 20), 32768, np.uint16)  # mid grey in 16 bits
+    got = images.load(corpus.encode(Image.fromarray(arr), "PNG"), RGB, LIMITS)
+    assert got.mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_cmyk_jpeg_becomes_the_right_colour():
+    cmyk = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # pure red in CMYK
+    got = images.load(corpus.encode(cmyk, "JPEG", quality=95), RGB, LIMITS)
+    assert got[..., 0].mean() > 0.9 and got[..., 1].mean() < 0.15
+
+
+def test_gif_first_frame_only():
+    frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue", "green")]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    got = images.load(buf.getvalue(), RGB, LIMITS)
+    assert got[..., 0].mean() > 0.9 and got[..., 2].mean() < 0.1
+
+
+def test_center_crop_keeps_aspect_ratio():
+    # A wide image: left and right thirds black, centre white. The crop keeps only the centre.
+    img = Image.new("RGB", (300, 100), "black")
+    ImageDraw.Draw(img).rectangle([100, 0, 199, 99], fill="white")
+    got = images.load(corpus.encode(img, "PNG"), RGB, LIMITS)
+    assert got.mean() > 0.97
+
+
+def test_large_jpeg_photo_is_resized_with_antialiasing():
+    # Fine stripes alias into bands without a low-pass filter; with one they average to grey.
+    arr = np.zeros((2400, 3200, 3), np.uint8)
+    arr[:, ::2] = 255
+    got = images.load(corpus.encode(Image.fromarray(arr), "PNG"), RGB, LIMITS)
+    assert got.std() < 0.05 and got.mean() == pytest.approx(0.5, abs=0.05)
+
+
+def _com(arr: np.ndarray) -> tuple[float, float]:
+    a = arr[..., 0]
+    ys, xs = np.mgrid[0 : a.shape[0], 0 : a.shape[1]]
+    return float((ys * a).sum() / a.sum()), float((xs * a).sum() / a.sum())
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["paper", "small", "canvas_transparent", "white_ink_on_transparent", "mnist"],
+)
+def test_digit_is_normalised_like_mnist(source):
+    if source == "paper":  # dark ink on white paper, large, off-centre
+        img = Image.new("L", (600, 400), 235)
+        img.paste(corpus.digit(7, 200).convert("L"), (20, 150))
+        data = corpus.encode(img, "JPEG")
+    elif source == "small":
+        data = corpus.encode(corpus.digit(7, 40), "PNG")
+    elif source == "canvas_transparent":
+        rgba = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+        ImageDraw.Draw(rgba).line([(80, 60), (200, 60), (120, 230)], fill=(0, 0, 0, 255), width=22)
+        data = corpus.encode(rgba, "PNG")
+    elif source == "white_ink_on_transparent":
+        rgba = Image.new("RGBA", (280, 280), (255, 255, 255, 0))
+        ImageDraw.Draw(rgba).line([(80, 60), (200, 60), (120, 230)], fill="white", width=22)
+        data = corpus.encode(rgba, "PNG")
+    else:
+        data = corpus.encode(corpus.mnist_like(7), "PNG")
+    got = images.load(data, DIGIT, LIMITS)
+    assert got.shape == (32, 32, 1)
+    ink = got[..., 0] > 0.2
+    rows, cols = np.nonzero(ink)
+    # Bright ink on black, in a box of at most 20x20 (+antialiasing), inside the 2-px padding.
+    assert got[0].max() == 0 and got[:, 0].max() == 0
+    assert got.max() > 0.9 and got.mean() < 0.3
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) in range(17, 22)
+    cy, cx = _com(got)
+    assert abs(cy - 16) < 1.0 and abs(cx - 16) < 1.0
+
+
+def test_blank_canvas_is_a_black_input():
+    got = images.load(corpus.encode(Image.new("RGB", (100, 100), "white"), "PNG"), DIGIT, LIMITS)
+    assert got.max() == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", UndecodableImage),
+        (b"hello world, not an image", UnsupportedMediaType),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", UnsupportedMediaType),
+        (b"8BPS" + b"\x00" * 40, UnsupportedMediaType),  # PSD
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, UndecodableImage),
+    ],
+    ids=["empty", "text", "eps", "psd", "broken-png"],
+)
+def test_rejections(data, error):
+    with pytest.raises(error):
+        images.load(data, RGB, LIMITS)
+
+
+def test_truncated_files_of_each_format_are_rejected():
+    for name in corpus.FORMATS:
+        data, _ = corpus.in_format(corpus.photo(200, 150), name)
+        with pytest.raises((UndecodableImage, UnsupportedMediaType)):
+            images.load(data[: len(data) // 3], RGB, LIMITS)
+
+
+def test_pixel_bomb_is_refused_before_decoding():
+    # A valid PNG header claiming 100000 x 100000 pixels: refused from the header alone.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(TooLarge):
+        images.load(png, RGB, LIMITS)
