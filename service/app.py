@@ -13,6 +13,14 @@ from service.metrics import Metrics
 from service.registry import Registry
 
 
+def _record_call(metrics: Metrics, model: str):
+    def record(images: int, seconds: float) -> None:
+        metrics.inference.labels(model, "predict").observe(seconds)
+        metrics.batch_size.labels(model, "predict").observe(images)
+
+    return record
+
+
 def create_app(settings: Settings | None = None, **overrides) -> Flask:
     settings = settings or Settings.from_env(**overrides)
     logging.basicConfig(
@@ -27,7 +35,12 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
 
     images.register_plugins()
     metrics = Metrics()
-    registry = Registry(settings.models_dir)
+    registry = Registry(
+        settings.models_dir,
+        engine=settings.engine,
+        engine_cache=settings.engine_cache,
+        threads=settings.tf_threads,
+    )
     app.extensions["convnet"] = State(
         settings=settings,
         registry=registry,
@@ -43,12 +56,17 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     def loaded() -> None:
         for m in registry.models.values():
             metrics.model_info.labels(m.name, str(m.version)).set(1)
+            if settings.batching:
+                m.enable_batching(
+                    settings.max_batch_size,
+                    settings.batch_timeout_micros / 1e6,
+                    on_call=_record_call(metrics, m.name),
+                )
         metrics.worker_ready.set(1)
 
     if settings.load_in_background:
-        registry.start_loading(settings.tf_threads, on_ready=loaded)
+        registry.start_loading(on_ready=loaded)
     else:
-        registry.load_all(settings.tf_threads)
-        loaded()
+        registry.load_all(on_ready=loaded)
     metrics.start_sampler()
     return app

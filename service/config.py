@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from service.engines import ENGINES
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -13,7 +15,15 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024  # a 12 MP phone JPEG/HEIC is 2-8 MB
     max_pixels: int = 40_000_000
     max_batch: int = 64  # images per /predict request
-    tf_threads: int = 1  # TensorFlow threads per worker: workers x threads ~ cores
+    # litert: a LiteRT engine converted from each SavedModel at start (fast, small workers);
+    # tensorflow: the SavedModel's signatures through TensorFlow. See service/engines.py.
+    engine: str = "litert"
+    engine_cache: Path = Path("/tmp/convnet-engines")
+    tf_threads: int = 1  # inference threads per worker: workers x threads ~ cores
+    # Adaptive batching of /predict calls inside a worker (see service/batching.py and README).
+    batching: bool = False
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 0  # 0: batch only what is already queued; never wait for more
     load_in_background: bool = True  # /livez answers while models load; /readyz waits for them
 
     @classmethod
@@ -27,6 +37,11 @@ class Settings:
                 values[f.name] = raw.lower() in ("1", "true", "yes", "on")
             elif f.type in ("Path", Path):
                 values[f.name] = Path(raw)
-            else:
+            elif f.type in ("int", int):
                 values[f.name] = int(raw)
-        return replace(cls(**values), **overrides)
+            else:
+                values[f.name] = raw
+        settings = replace(cls(**values), **overrides)
+        if settings.engine not in ENGINES:
+            raise ValueError(f"CONVNET_ENGINE must be one of {ENGINES}, not {settings.engine!r}")
+        return settings

@@ -54,7 +54,10 @@ def describe(model: Model, probabilities: np.ndarray, metrics: Metrics) -> list[
 
 
 def predict(model: Model, batch: np.ndarray, metrics: Metrics) -> dict:
-    probs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
+    if model.batcher is None:
+        probs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
+    else:  # the batcher records each (shared) model call itself
+        probs = model.predict(batch)
     return {
         "model": model.name,
         "version": str(model.version),
@@ -102,7 +105,7 @@ def features(
 def gradcam(
     model: Model, batch: np.ndarray, class_name: str | None, encoding: str, metrics: Metrics
 ) -> dict:
-    if model.gradcam_fn is None:
+    if not model.has_gradcam:
         raise BadRequest(f"model {model.name} was exported without a Grad-CAM signature")
     if encoding not in codecs.ENCODINGS:
         raise BadRequest(f"unknown encoding {encoding!r}; use one of {', '.join(codecs.ENCODINGS)}")

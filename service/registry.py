@@ -1,4 +1,4 @@
-"""Which models exist and their loaded signatures: models/<name>/<version>/ in TF Serving's layout.
+"""Which models exist and how to call them: models/<name>/<version>/ in TF Serving's layout.
 
 The highest numbered version of each model is served. Everything the service knows about a model
 (classes, input, preprocessing, layer table) comes from the metadata written at export time.
@@ -6,7 +6,6 @@ The highest numbered version of each model is served. Everything the service kno
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from service import engines
+from service.batching import Batcher
 
-METADATA_PATH = Path("assets.extra") / "metadata.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,9 +28,10 @@ class Model:
     version: int
     path: Path
     metadata: dict[str, Any]
-    predict_fn: Any
-    features_fn: Any
-    gradcam_fn: Any | None
+    engine: engines.LiteRTEngine | engines.TensorFlowEngine
+    batcher: Batcher | None = None
+    _tensorflow: engines.TensorFlowEngine | None = None
+    _tensorflow_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def classes(self) -> list[str]:
@@ -48,75 +49,60 @@ class Model:
     def layers(self) -> list[dict[str, Any]]:
         return self.metadata["layers"]
 
+    @property
+    def has_gradcam(self) -> bool:
+        return "gradcam" in self.metadata["signatures"]
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities, (N, classes), for a float32 batch (N, H, W, C)."""
-        import tensorflow as tf
+        return self.batcher(batch) if self.batcher else self.engine.predict(batch)
 
-        out = self.predict_fn(image=tf.constant(batch, dtype=tf.float32))
-        return out[self.metadata["signatures"]["predict"]["output"]].numpy()
+    def enable_batching(
+        self, max_batch_size: int, max_wait: float, on_call: Callable[[int, float], None]
+    ) -> None:
+        self.batcher = Batcher(
+            self.engine.predict, max_batch_size, max_wait, on_call, name=f"batcher-{self.name}"
+        )
 
     def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every named layer's output for a float32 batch, in the layer table's order."""
-        import tensorflow as tf
-
-        out = self.features_fn(image=tf.constant(batch, dtype=tf.float32))
-        return {row["name"]: out[row["name"]].numpy() for row in self.layers}
+        out = self.engine.features(batch)
+        return {row["name"]: out[row["name"]] for row in self.layers}
 
     def gradcam(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
+        return self._tensorflow_engine().gradcam(batch, class_index)
 
-        out = self.gradcam_fn(
-            image=tf.constant(batch, dtype=tf.float32),
-            class_index=tf.constant(class_index, dtype=tf.int32),
-        )
-        return out["heatmap"].numpy()
+    def _tensorflow_engine(self) -> engines.TensorFlowEngine:
+        if isinstance(self.engine, engines.TensorFlowEngine):
+            return self.engine
+        with self._tensorflow_lock:  # loaded once, on the first Grad-CAM request
+            if self._tensorflow is None:
+                self._tensorflow = engines.TensorFlowEngine(self.path, self.metadata)
+            return self._tensorflow
 
 
 def find_versions(models_dir: Path) -> dict[str, Path]:
     """The newest exported version of each model: {name: models_dir/name/version}."""
     found = {}
-    for model_dir in sorted(Path(models_dir).iterdir()) if Path(models_dir).is_dir() else []:
-        versions = (
-            [
-                p
-                for p in model_dir.iterdir()
-                if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").exists()
-            ]
-            if model_dir.is_dir()
-            else []
-        )
+    root = Path(models_dir)
+    for model_dir in sorted(root.iterdir()) if root.is_dir() else []:
+        if not model_dir.is_dir():
+            continue
+        versions = [
+            p
+            for p in model_dir.iterdir()
+            if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").exists()
+        ]
         if versions:
             found[model_dir.name] = max(versions, key=lambda p: int(p.name))
     return found
 
 
-def load_model(path: Path) -> Model:
-    import tensorflow as tf
-
-    metadata = json.loads((path / METADATA_PATH).read_text())
-    loaded = tf.saved_model.load(str(path))
-    sigs = metadata["signatures"]
-    gradcam = sigs.get("gradcam", {}).get("name")
-    model = Model(
-        name=metadata["name"],
-        version=int(metadata["version"]),
-        path=path,
-        metadata=metadata,
-        predict_fn=loaded.signatures[sigs["predict"]["name"]],
-        features_fn=loaded.signatures[sigs["features"]["name"]],
-        gradcam_fn=loaded.signatures.get(gradcam),
-    )
-    model._loaded = loaded  # keep the SavedModel's resources alive with its signatures
-    return model
-
-
 def warm_up(model: Model) -> None:
-    """One call through every signature, so the first real request pays no tracing cost."""
+    """One call through each signature, so the first real request pays no set-up cost."""
     zeros = np.zeros((1, *model.input_shape), np.float32)
-    model.predict(zeros)
+    model.engine.predict(zeros)
     model.features(zeros)
-    if model.gradcam_fn is not None:
-        model.gradcam(zeros, np.zeros(1, np.int32))
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -135,6 +121,9 @@ class Registry:
     """The models this process serves; filled by `load_all`, in the background or not."""
 
     models_dir: Path
+    engine: str = "litert"
+    engine_cache: Path = Path("/tmp/convnet-engines")
+    threads: int = 1
     models: dict[str, Model] = field(default_factory=dict)
     ready: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
@@ -143,18 +132,29 @@ class Registry:
     def get(self, name: str) -> Model | None:
         return self.models.get(name)
 
-    def load_all(self, tf_threads: int, on_ready: Callable[[], None] | None = None) -> None:
+    def _load(self, paths: dict[str, Path]) -> None:
+        if self.engine == "litert":
+            engine_files = engines.prepare(paths, self.engine_cache)
+        else:
+            configure_tensorflow(self.threads)
+        for name, path in paths.items():
+            metadata = engines.read_metadata(path)
+            if self.engine == "litert":
+                engine = engines.LiteRTEngine(engine_files[name], metadata, self.threads)
+            else:
+                engine = engines.TensorFlowEngine(path, metadata)
+            model = Model(metadata["name"], int(metadata["version"]), path, metadata, engine)
+            warm_up(model)
+            self.models[name] = model
+            log.info("loaded %s version %s from %s (%s)", name, model.version, path, self.engine)
+
+    def load_all(self, on_ready: Callable[[], None] | None = None) -> None:
         started = time.monotonic()
         try:
-            configure_tensorflow(tf_threads)
             paths = find_versions(self.models_dir)
             if not paths:
                 raise FileNotFoundError(f"no SavedModel under {self.models_dir}/<name>/<version>/")
-            for name, path in paths.items():
-                model = load_model(path)
-                warm_up(model)
-                self.models[name] = model
-                log.info("loaded %s version %s from %s", name, model.version, path)
+            self._load(paths)
             self.load_seconds = time.monotonic() - started
             if on_ready:
                 on_ready()
@@ -164,12 +164,10 @@ class Registry:
             log.exception("loading models failed")
             raise
 
-    def start_loading(
-        self, tf_threads: int, on_ready: Callable[[], None] | None = None
-    ) -> threading.Thread:
+    def start_loading(self, on_ready: Callable[[], None] | None = None) -> threading.Thread:
         def run() -> None:
             try:
-                self.load_all(tf_threads, on_ready)
+                self.load_all(on_ready)
             except Exception:
                 pass  # recorded in self.error; /readyz reports it
 

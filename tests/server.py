@@ -32,6 +32,8 @@ class GunicornServer:
     workers: int = 2
     threads: int = 4
     env: dict[str, str] = field(default_factory=dict)
+    # Another WSGI app under the same config (the benchmark's baselines), e.g. "bench.baselines:hello()"
+    app: str | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
@@ -57,14 +59,21 @@ class GunicornServer:
         self.log_path = self.tmp / f"gunicorn-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(CONFIG)],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--config",
+                str(CONFIG),
+                *([self.app] if self.app else []),
+            ],
             cwd=ROOT,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         if wait_ready:
-            self.wait_ready(timeout)
+            self.wait_ready(timeout) if self.app is None else self.wait_answering(timeout)
         return self
 
     def log(self) -> str:
@@ -91,6 +100,21 @@ class GunicornServer:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"service not ready after {timeout} s:\n{self.log()}")
+
+    def wait_answering(self, timeout: float = 90, path: str = "/ping") -> None:
+        """For apps without readiness: until every worker has answered a POST."""
+        deadline = time.monotonic() + timeout
+        answered = 0
+        while time.monotonic() < deadline and answered < 20 * self.workers:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                requests.post(f"{self.url}{path}", data=b"", timeout=30)
+                answered += 1
+            except requests.RequestException:
+                time.sleep(0.2)
+        if answered < 20 * self.workers:
+            raise TimeoutError(f"{self.app} not answering after {timeout} s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import numpy as np
 import pytest
@@ -46,21 +47,25 @@ def test_health(server):
 
 
 def test_readiness_turns_true_only_after_loading(tmp_path):
-    srv = GunicornServer(tmp=tmp_path, workers=1).start(wait_ready=False)
+    # The TensorFlow engine loads for seconds in the worker: a window wide enough to watch.
+    srv = GunicornServer(tmp=tmp_path, workers=1, env={"CONVNET_ENGINE": "tensorflow"})
+    srv.start(wait_ready=False)
     try:
-        seen = []
+        ready, predict = [], []
         for _ in range(600):
             try:
                 r = requests.get(f"{srv.url}/readyz", timeout=5)
             except requests.ConnectionError:
+                time.sleep(0.05)
                 continue
-            seen.append(r.status_code)
-            if r.status_code == 503:
-                assert r.json()["status"] == "loading"
-                assert_error(post(srv, "/predict/mnist", png(corpus.digit(7))), 503, "not_ready")
+            ready.append(r.json()["status"])
             if r.status_code == 200:
                 break
-        assert seen[0] == 503 and seen[-1] == 200
+            predict.append(post(srv, "/predict/mnist", png(corpus.digit(7))))
+        assert ready[0] == "loading" and ready[-1] == "ready"
+        not_ready = [p for p in predict if p.status_code == 503]
+        assert not_ready and not_ready[0].json()["error"]["code"] == "not_ready"
+        assert all(p.status_code in (200, 503) for p in predict)
         assert post(srv, "/predict/mnist", png(corpus.digit(7))).status_code == 200
     finally:
         srv.stop()

@@ -1,0 +1,234 @@
+"""Benchmark the service against its baselines in one run, side by side.
+
+    python -m bench.run                       # everything, 10 s per cell
+    python -m bench.run --duration 5 --concurrency 1 8 --only service
+
+Starts each server itself (real Gunicorn, the project's config, 2 workers), drives it with wrk on
+loopback, and prints one table: req/s, p50/p90/p99 latency, errors, CPU and RSS per worker. wrk is
+written in C and uses one thread here; its own CPU use is reported so that one can see it is not
+the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from tests.server import GunicornServer
+
+ROOT = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = """
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_MIME")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "p50": %d, "p90": %d, "p99": %d, '
+    .. '"errors": %d, "non2xx": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+@dataclass
+class Case:
+    target: str  # which server
+    path: str
+    body: str  # name of a generated body file
+    mime: str
+
+
+def make_bodies(folder: Path) -> dict[str, Path]:
+    digit = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(digit).line([(8, 6), (20, 6), (12, 23)], fill=255, width=2)
+    photo = Image.effect_mandelbrot((1024, 768), (-2.2, -1.2, 1.0, 1.2), 64).convert("RGB")
+    small = photo.resize((32, 32))
+    files = {
+        "digit28.png": lambda p: digit.save(p, "PNG"),
+        "scene32.png": lambda p: small.save(p, "PNG"),
+        "photo1024.jpg": lambda p: photo.save(p, "JPEG", quality=90),
+    }
+    out = {}
+    for name, save in files.items():
+        save(folder / name)
+        out[name] = folder / name
+    return out
+
+
+SERVICE_CASES = [
+    Case("service", "/predict/mnist", "digit28.png", "image/png"),
+    Case("service", "/predict/scenes", "scene32.png", "image/png"),
+    Case("service", "/predict/scenes", "photo1024.jpg", "image/jpeg"),
+    Case("service", "/features/mnist?encoding=base64", "digit28.png", "image/png"),
+]
+BASELINE_CASES = [
+    Case("hello", "/predict/mnist", "digit28.png", "image/png"),
+    Case("signature", "/predict/mnist", "digit28.png", "image/png"),
+    Case("keras", "/predict/mnist", "digit28.png", "image/png"),
+]
+TARGETS = {
+    "service": {"app": None, "env": {}},
+    "service+batching": {"app": None, "env": {"CONVNET_BATCHING": "1"}},
+    "hello": {"app": "bench.baselines:hello()", "env": {}},
+    "signature": {"app": "bench.baselines:signature()", "env": {}},
+    "keras": {"app": "bench.baselines:keras_predict()", "env": {}},
+}
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_wrk(url: str, body: Path, mime: str, connections: int, duration: int, script: Path) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY": str(body), "BENCH_MIME": mime},
+        timeout=duration + 60,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    result = json.loads(line[6:])
+    result["wrk_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return result
+
+
+def measure(
+    server: GunicornServer, case: Case, bodies: dict, conc: int, duration: int, script: Path
+) -> dict:
+    pids = server.worker_pids()
+    cpu0 = {p: proc_cpu_seconds(p) for p in pids}
+    r = run_wrk(server.url + case.path, bodies[case.body], case.mime, conc, duration, script)
+    seconds = r["duration_us"] / 1e6
+    return {
+        "target": case.target,
+        "path": case.path,
+        "body": case.body,
+        "concurrency": conc,
+        "rps": r["requests"] / seconds,
+        "p50_ms": r["p50"] / 1000,
+        "p90_ms": r["p90"] / 1000,
+        "p99_ms": r["p99"] / 1000,
+        "errors": r["errors"] + r["non2xx"],
+        "worker_cpu_pct": [round(100 * (proc_cpu_seconds(p) - cpu0[p]) / seconds) for p in pids],
+        "worker_rss_mb": [round(proc_rss_mb(p)) for p in pids],
+        "wrk_cpu_pct": round(100 * r["wrk_cpu_s"] / seconds),
+    }
+
+
+def print_row(row: dict) -> None:
+    print(
+        f"{row['target']:<17} {row['path']:<33} {row['body']:<13} {row['concurrency']:>3} "
+        f"{row['rps']:>8.0f} {row['p50_ms']:>7.2f} {row['p90_ms']:>7.2f} {row['p99_ms']:>7.2f} "
+        f"{row['errors']:>6} {'/'.join(map(str, row['worker_cpu_pct'])):>9} "
+        f"{'/'.join(map(str, row['worker_rss_mb'])):>9} {row['wrk_cpu_pct']:>4}",
+        flush=True,
+    )
+
+
+HEADER = (
+    f"{'target':<17} {'path':<33} {'body':<13} {'c':>3} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
+    f"{'p99 ms':>7} {'errors':>6} {'cpu %':>9} {'rss MB':>9} {'wrk%':>4}"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--duration", type=int, default=10, help="seconds per cell (default: %(default)s)"
+    )
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--only", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
+    p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench.json")
+    args = p.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        bodies = make_bodies(tmp)
+        script = tmp / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        plan = [
+            (t, c)
+            for t in args.only
+            for c in (SERVICE_CASES if t.startswith("service") else BASELINE_CASES)
+            if c.target == t.split("+")[0]
+        ]
+        total = len(plan) * len(args.concurrency)
+        rows, done = [], 0
+        print(
+            f"{total} cells x {args.duration} s; {args.workers} workers; wrk on loopback",
+            flush=True,
+        )
+        print(HEADER, flush=True)
+        for target in args.only:
+            cases = [c for t, c in plan if t == target]
+            spec = TARGETS[target]
+            started = time.monotonic()
+            server = GunicornServer(tmp=tmp, workers=args.workers, app=spec["app"], env=spec["env"])
+            server.start(timeout=120)
+            ready_s = time.monotonic() - started
+            try:
+                for case in cases:
+                    for conc in args.concurrency:
+                        done += 1
+                        print(
+                            f"  [{done}/{total}] {target} {case.path} c={conc} ...",
+                            end="\r",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        row = measure(server, case, bodies, conc, args.duration, script)
+                        row["target"] = target
+                        row["ready_s"] = round(ready_s, 1)
+                        rows.append(row)
+                        print_row(row)
+            finally:
+                server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+    print(
+        f"\nwrote {args.out}; ready after start: "
+        + ", ".join(sorted({f"{r['target']} {r['ready_s']} s" for r in rows}))
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Adaptive batching: concurrent requests inside one worker share one model call.
+
+Like TF Serving's `max_batch_size` / `batch_timeout_micros`: one thread owns the model call; request
+threads queue their arrays and wait. The batch closes when it holds `max_batch_size` images or when
+`max_wait` has passed since its first image. With `max_wait = 0` it takes only what is already
+queued, so a lone request is never delayed and batches form only under load, while the previous
+call runs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class _Job:
+    x: np.ndarray
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int,
+        max_wait: float = 0.0,
+        on_call: Callable[[int, float], None] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        self._fn = fn
+        self._max_batch_size = max_batch_size
+        self._max_wait = max_wait
+        self._on_call = on_call
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._carried: _Job | None = None  # did not fit the last batch: first in the next
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        job = _Job(x)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _collect(self) -> list[_Job]:
+        jobs = [self._carried or self._queue.get()]
+        self._carried = None
+        size = len(jobs[0].x)
+        deadline = time.monotonic() + self._max_wait
+        while size < self._max_batch_size:
+            try:
+                timeout = deadline - time.monotonic()
+                job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if size + len(job.x) > self._max_batch_size:
+                self._carried = job
+                break
+            jobs.append(job)
+            size += len(job.x)
+        return jobs
+
+    def _loop(self) -> None:
+        while True:
+            jobs = self._collect()
+            try:
+                x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
+                started = time.perf_counter()
+                out = self._fn(x)
+                if self._on_call:
+                    self._on_call(len(x), time.perf_counter() - started)
+                offset = 0
+                for job in jobs:
+                    job.result = out[offset : offset + len(job.x)]
+                    offset += len(job.x)
+            except BaseException as exc:  # every waiting request gets the error, none hangs
+                for job in jobs:
+                    job.error = exc
+            for job in jobs:
+                job.done.set()

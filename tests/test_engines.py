@@ -1,0 +1,40 @@
+"""The LiteRT engine built from each SavedModel answers like the SavedModel itself (within 1e-5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service import engines
+from service.registry import find_versions
+from tests.server import MODELS_DIR
+
+MODELS = find_versions(MODELS_DIR)
+
+
+@pytest.fixture(scope="module")
+def engine_files(tmp_path_factory):
+    return engines.prepare(MODELS, tmp_path_factory.mktemp("engines"))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_litert_engine_matches_the_savedmodel(name, engine_files):
+    metadata = engines.read_metadata(MODELS[name])
+    reference = engines.TensorFlowEngine(MODELS[name], metadata)
+    litert = engines.LiteRTEngine(engine_files[name], metadata, threads=1)
+    rng = np.random.default_rng(0)
+    for batch in (1, 7):
+        x = rng.random((batch, *metadata["input"]["shape"]), dtype=np.float32)
+        np.testing.assert_allclose(litert.predict(x), reference.predict(x), atol=1e-5)
+        got, want = litert.features(x), reference.features(x)
+        assert set(got) >= {row["name"] for row in metadata["layers"]}
+        for row in metadata["layers"]:
+            scale = max(1.0, float(np.abs(want[row["name"]]).max()))
+            np.testing.assert_allclose(got[row["name"]], want[row["name"]], atol=1e-5 * scale)
+
+
+def test_engine_cache_is_keyed_by_the_savedmodel(tmp_path, engine_files):
+    name = sorted(MODELS)[0]
+    again = engines.prepare({name: MODELS[name]}, engine_files[name].parent)
+    assert again[name] == engine_files[name]  # cached: same file, no second conversion
+    assert engines.engine_key(MODELS[name]) in engine_files[name].name
