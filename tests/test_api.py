@@ -1,0 +1,67 @@
+"""In-process checks with Flask's test client: fast feedback on routing, errors and encodings.
+
+These add to tests/test_http.py (the real Gunicorn server), never replace it.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from service.api.docs import build_openapi
+from tests import corpus
+
+
+def test_every_error_is_json_never_html(client):
+    for method, path in (("get", "/nope"), ("put", "/predict/mnist"), ("get", "/features/mnist")):
+        r = getattr(client, method)(path)
+        assert r.status_code in (404, 405) and r.is_json, r.data[:200]
+        assert set(r.json["error"]) == {"code", "message", "status"}
+
+
+def test_predict_body_shape(client):
+    r = client.post(
+        "/predict/mnist", data=corpus.encode(corpus.digit(1), "PNG"), content_type="image/png"
+    )
+    assert r.status_code == 200
+    (pred,) = r.json["predictions"]
+    assert pred["confidence"] == max(pred["probabilities"].values())
+
+
+def test_base64_features_decode_to_the_json_numbers(client):
+    img = corpus.encode(corpus.digit(7), "PNG")
+    as_json = client.post("/features/mnist?layers=pool2", data=img, content_type="image/png").json
+    as_b64 = client.post(
+        "/features/mnist?layers=pool2&encoding=base64", data=img, content_type="image/png"
+    ).json
+    layer = as_b64["layers"][0]
+    arr = np.frombuffer(base64.b64decode(layer["data"]), "<f4").reshape(layer["shape"])
+    np.testing.assert_allclose(arr, np.array(as_json["layers"][0]["data"]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "mime", "status"),
+    [
+        (b"", "image/png", 400),
+        (b"GIF89a", "image/gif", 422),
+        (b"x", "application/xml", 415),
+        (b'{"images": "not-a-list"}', "application/json", 400),
+        (b'{"images": ["data:image/png,abc"]}', "application/json", 400),
+    ],
+)
+def test_bad_bodies(client, body, mime, status):
+    r = client.post("/predict/mnist", data=body, content_type=mime)
+    assert r.status_code == status and r.is_json
+
+
+def test_openapi_lists_models_and_every_route(app):
+    spec = build_openapi(["mnist", "scenes"])
+    assert spec["openapi"].startswith("3.")
+    assert (
+        "mnist, scenes" in spec["paths"]["/predict/{model}"]["post"]["parameters"][0]["description"]
+    )
+    routes = {r.rule.replace("<", "{").replace(">", "}") for r in app.url_map.iter_rules()}
+    for path in spec["paths"]:
+        assert path in routes
