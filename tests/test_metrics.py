@@ -1,0 +1,269 @@
+"""/metrics under the real Gunicorn: exact counts summed over workers, bounded labels, no lost counts.
+
+Counters are compared as deltas around a known batch of requests, so the shared session server
+can have served other tests before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import corpus
+from tests.server import GunicornServer
+
+pytestmark = pytest.mark.server
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+DIGIT_PNG = corpus.encode(corpus.digit(7, size=28), "PNG")
+# PNG magic, then garbage: sniffed as PNG, fails to decode (422).
+BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8
+PREDICT = "/predict/<model>"
+SERVED_MODELS = {"mnist", "scenes"}
+
+
+def scrape(url: str) -> dict[Sample, float]:
+    """Every sample on /metrics, keyed by name and sorted labels."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    out: dict[Sample, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict[Sample, float], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lbls), v in samples.items() if n == name and want <= set(lbls))
+
+
+def delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+def post(url: str, path: str, body: bytes, content_type: str) -> int:
+    # No session: a fresh connection per request spreads them over the workers.
+    r = requests.post(f"{url}{path}", data=body, headers={"Content-Type": content_type}, timeout=60)
+    return r.status_code
+
+
+# The known batch: (path, body, content type, expected status), reused by test_monitoring.
+MIX = [
+    *[("/predict/mnist", DIGIT_PNG, "image/png", 200)] * 3,
+    *[("/predict/no-such-model", DIGIT_PNG, "image/png", 404)] * 2,
+    *[("/predict/mnist", b"just some text", "text/plain", 415)] * 2,
+    *[("/predict/mnist", BROKEN_PNG, "image/png", 422)] * 2,
+]
+
+
+def send_mix(url: str) -> None:
+    for path, body, ctype, status in MIX:
+        assert post(url, path, body, ctype) == status, path
+    assert requests.get(f"{url}/no/such/page", timeout=10).status_code == 404
+
+
+def test_counts_are_exact_across_workers(server):
+    before = scrape(server.url)
+    send_mix(server.url)
+    after = scrape(server.url)
+
+    def requests_delta(**labels: str) -> float:
+        return delta(before, after, "convnet_http_requests_total", **labels)
+
+    assert requests_delta(endpoint=PREDICT, model="mnist", status="200") == 3
+    assert requests_delta(endpoint=PREDICT, model="unknown", status="404") == 2
+    assert requests_delta(endpoint=PREDICT, model="mnist", status="415") == 2
+    assert requests_delta(endpoint=PREDICT, model="mnist", status="422") == 2
+    assert requests_delta(endpoint="unmatched", model="", status="404") == 1
+    assert requests_delta() == 10  # scrapes of /metrics are not counted
+
+    def d(name: str, **labels: str) -> float:
+        return delta(before, after, name, **labels)
+
+    latency = "convnet_http_request_duration_seconds_count"
+    assert d(latency, endpoint=PREDICT, model="mnist") == 7
+    assert d(latency, endpoint=PREDICT, model="unknown") == 2
+    assert d("convnet_http_request_body_bytes_count", endpoint=PREDICT) == 9
+    assert d("convnet_http_request_body_bytes_sum", endpoint=PREDICT) == sum(
+        len(body) for _, body, _, _ in MIX
+    )
+    # Images are counted once the body parsed: 3 good + 2 undecodable, not the 415s.
+    assert d("convnet_images_per_request_count", endpoint=PREDICT, model="mnist") == 5
+    assert d("convnet_image_preprocess_seconds_count", model="mnist") == 3
+    assert d("convnet_inference_seconds_count", model="mnist", signature="predict") == 3
+    assert d("convnet_inference_batch_size_sum", model="mnist", signature="predict") == 3
+    assert d("convnet_predictions_total", model="mnist") == 3
+    assert d("convnet_prediction_confidence_count", model="mnist") == 3
+    # Every histogram's +Inf bucket equals its count.
+    assert d("convnet_http_request_duration_seconds_bucket", le="+Inf") == d(latency)
+
+    assert total(after, "convnet_http_requests_in_flight") == 0
+    assert total(after, "convnet_worker_ready") == server.workers
+    assert {dict(lbls)["model"] for n, lbls in after if n == "convnet_model_info"} == SERVED_MODELS
+
+
+def label_values(samples: dict[Sample, float], label: str) -> set[str]:
+    return {dict(lbls)[label] for _, lbls in samples if label in dict(lbls)}
+
+
+def test_random_urls_and_unknown_models_create_no_series(server):
+    def junk_round() -> None:
+        for _ in range(15):
+            name = uuid.uuid4().hex
+            assert post(server.url, f"/predict/{name}", DIGIT_PNG, "image/png") == 404
+            assert post(server.url, f"/features/{name}", DIGIT_PNG, "image/png") == 404
+            assert requests.get(f"{server.url}/{name}/{name}", timeout=10).status_code == 404
+            assert requests.get(f"{server.url}/models/{name}", timeout=10).status_code == 404
+
+    junk_round()
+    first = scrape(server.url)
+    junk_round()
+    second = scrape(server.url)
+
+    def series(samples: dict[Sample, float]) -> set[Sample]:
+        # Per-worker gauges carry a pid label; pids are bounded by the worker count, not by input.
+        return {k for k in samples if "pid" not in dict(k[1])}
+
+    assert series(second) == series(first), "a second round of random names added series"
+    assert label_values(second, "model") <= SERVED_MODELS | {"unknown", ""}
+    routes = {"/predict/<model>", "/features/<model>", "/gradcam/<model>", "/models/<model>"}
+    routes |= {"/models", "/livez", "/readyz", "/docs", "/openapi.json", "unmatched"}
+    endpoints = label_values(second, "endpoint")
+    assert endpoints <= routes | {r for r in endpoints if r.startswith("/explorer")}
+    assert not any(len(v) == 32 for lbl in ("endpoint", "model") for v in label_values(second, lbl))
+
+
+def ready_pids(metrics_dir: Path) -> set[int]:
+    """Ready workers, read from the multiprocess files themselves: no request, so no recycling."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    return {
+        int(s.labels["pid"])
+        for family in registry.collect()
+        if family.name == "convnet_worker_ready"
+        for s in family.samples
+        if s.value == 1
+    }
+
+
+def wait_all_ready(srv: GunicornServer, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert srv.proc.poll() is None, srv.log()
+        pids = set(srv.worker_pids())
+        if len(pids) == srv.workers and pids <= ready_pids(srv.metrics_dir):
+            return
+        assert time.monotonic() < deadline, f"workers not ready after {timeout} s:\n{srv.log()}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def recycling_server(tmp_path_factory):
+    """Workers recycled every 20-25 requests (Gunicorn's max_requests), the way production may run."""
+    srv = GunicornServer(
+        tmp=tmp_path_factory.mktemp("recycling"),
+        workers=2,
+        env={"GUNICORN_MAX_REQUESTS": "20", "GUNICORN_MAX_REQUESTS_JITTER": "5"},
+    )
+    try:
+        # Not srv.wait_ready(): its polling of /metrics would itself recycle the workers.
+        srv.start(wait_ready=False)
+        wait_all_ready(srv)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def metric_pids(samples: dict[Sample, float]) -> set[int]:
+    return {int(dict(lbls)["pid"]) for n, lbls in samples if n == "convnet_worker_ready"}
+
+
+def test_recycled_workers_lose_no_counts(recycling_server):
+    srv = recycling_server
+    pids_before = set(srv.worker_pids())
+    before = scrape(srv.url)
+    # Cheap requests, then real predictions; a fresh worker may answer 503 while its models load,
+    # so the client's own tally by status is what the counters must match.
+    sent: Counter[tuple[str, str, int]] = Counter()
+    deadline = time.monotonic() + 120
+    for i in range(60):  # ~30 per worker: each passes max_requests (20-25) at least once
+        assert time.monotonic() < deadline, "recycling test ran out of time"
+        if i % 3:
+            status = requests.get(f"{srv.url}/livez", timeout=30).status_code
+            sent["/livez", "", status] += 1
+        else:
+            status = post(srv.url, "/predict/mnist", DIGIT_PNG, "image/png")
+            sent[PREDICT, "mnist", status] += 1
+    wait_all_ready(srv)
+    after = scrape(srv.url)
+
+    pids_after = set(srv.worker_pids())
+    assert pids_before - pids_after, "no worker was recycled; max_requests did not apply"
+    for (endpoint, model, status), n in sent.items():
+        got = delta(
+            before,
+            after,
+            "convnet_http_requests_total",
+            endpoint=endpoint,
+            model=model,
+            status=str(status),
+        )
+        assert got == n, (endpoint, model, status)
+    assert delta(before, after, "convnet_http_requests_total") == sum(sent.values())
+    # mark_process_dead dropped the recycled workers' live gauges.
+    assert metric_pids(after) == pids_after
+    assert total(after, "convnet_http_requests_in_flight") == 0
+
+
+def test_killed_worker_loses_no_counts(recycling_server):
+    srv = recycling_server
+    wait_all_ready(srv)
+    for _ in range(8):
+        assert post(srv.url, "/predict/mnist", DIGIT_PNG, "image/png") in (200, 503)
+    before = scrape(srv.url)
+    # A worker that has counted requests (its counter file exists), so there is something to lose.
+    victims = [p for p in srv.worker_pids() if (srv.metrics_dir / f"counter_{p}.db").exists()]
+    assert victims, f"no worker has counted anything: {sorted(os.listdir(srv.metrics_dir))}"
+    os.kill(victims[0], signal.SIGKILL)
+
+    deadline = time.monotonic() + 120
+    while victims[0] in srv.worker_pids():
+        assert time.monotonic() < deadline, "the killed worker was not reaped"
+        time.sleep(0.2)
+    wait_all_ready(srv)
+    after = scrape(srv.url)
+
+    assert victims[0] not in srv.worker_pids()
+    for name in ("convnet_http_requests_total", "convnet_http_request_duration_seconds_count"):
+        assert total(after, name) == total(before, name), name
+    assert victims[0] not in metric_pids(after)
+    assert total(after, "convnet_http_requests_in_flight") == 0
+
+
+def test_metrics_dir_is_wiped_on_start(tmp_path):
+    """on_starting empties PROMETHEUS_MULTIPROC_DIR: counts of a previous run never leak in."""
+    stale = tmp_path / "metrics" / "counter_999999.db"
+    stale.parent.mkdir()
+    stale.write_bytes(b"\x00" * 64)
+    srv = GunicornServer(tmp=tmp_path, workers=1)
+    try:
+        srv.start(wait_ready=False)
+        deadline = time.monotonic() + 60
+        while stale.exists():
+            assert srv.proc.poll() is None, srv.log()
+            assert time.monotonic() < deadline, "the stale metrics file was never removed"
+            time.sleep(0.1)
+    finally:
+        srv.stop()
+    assert not Path(stale).exists()
