@@ -27,7 +27,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder of <name>/<version>/ SavedModels (default: ./models)",
     )
+    prepare = sub.add_parser(
+        "prepare-engines", help="convert every model to its LiteRT engine now (e.g. at image build)"
+    )
+    prepare.add_argument("--models-dir", type=Path, default=None)
     args = p.parse_args(argv)
+
+    if args.command == "prepare-engines":
+        from service.config import Settings
+        from service.engines import prepare as prepare_engines
+        from service.registry import find_versions
+
+        settings = Settings.from_env(**({"models_dir": args.models_dir} if args.models_dir else {}))
+        for name, path in prepare_engines(
+            find_versions(settings.models_dir), settings.engine_cache
+        ).items():
+            print(f"{name}: {path}")
+        return 0
 
     os.environ["GUNICORN_BIND"] = args.bind
     if args.workers:

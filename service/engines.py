@@ -126,24 +126,24 @@ def convert(model_path: Path, out: Path) -> None:
 
 def prepare(model_paths: dict[str, Path], cache_dir: Path, timeout: float = 600) -> dict[str, Path]:
     """The engine file of every model, converting (in a subprocess) those not yet cached."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out = {}
-    with open(cache_dir / ".lock", "w") as lock:
+    targets = {name: engine_path(path, cache_dir) for name, path in model_paths.items()}
+    missing = {name: t for name, t in targets.items() if not t.exists()}
+    if not missing:  # all cached: nothing to write (the cache may sit on a read-only filesystem)
+        return targets
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache_dir) / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time, across processes
-        for name, path in model_paths.items():
-            target = engine_path(path, cache_dir)
-            if not target.exists():
+        for name, target in missing.items():
+            if not target.exists():  # another process may have converted it meanwhile
                 subprocess.run(
-                    [sys.executable, "-m", "service.engines", str(path), str(target)],
+                    [sys.executable, "-m", "service.engines", str(model_paths[name]), str(target)],
                     check=True,
                     timeout=timeout,
                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                 )
-            out[name] = target
-    return out
+    return targets
 
 
 if __name__ == "__main__":  # python -m service.engines SAVEDMODEL OUT.tflite
