@@ -1,16 +1,17 @@
 """Make the explorer's bundled sample images from the training data.
 
-    .venv/bin/python service/explorer/make_samples.py [--data /work/shared/data]
+    .venv/bin/python scripts/make_samples.py [--data /work/shared/data]
 
 Writes small PNGs and a `samples.json` manifest to `service/explorer/samples/`:
-- one MNIST digit of each class 0-9 (28x28 greyscale, white ink on black, as in MNIST);
-- two photos of each scenes class (32x32 RGB, CIFAR-10's own pixels).
+- one MNIST digit of each class 0-9 (28x28 greyscale, white ink on black, as in MNIST), the
+  held-out digit nearest its class's mean image, so a clear one;
+- two photos of each scenes class (32x32 RGB, CIFAR-10's own pixels), the last held-out ones.
 
 Every image comes from the validation split that training holds out (the same seeded, stratified
 split as `convnet-train --seed 1`), so the served models never trained on them. The CIFAR file's
 classes are bird, cat, dog, ship; the scenes model calls ship "boat". The output is deterministic:
 rerunning the script writes the same files. It reads the classes and the split from the training
-package (so it imports Keras), run from the repository root.
+package (so it imports Keras); the project must be installed (`pip install -e .`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 from training import data
 from training.recipes import MNIST, SCENES
 
-OUT = Path(__file__).resolve().parent / "samples"
+OUT = Path(__file__).resolve().parents[1] / "service" / "explorer" / "samples"
 SEED = 1  # runs/train_all.sh trains with --seed 1
 SCENES_PER_CLASS = 2
 
@@ -43,6 +44,18 @@ def held_out(y: np.ndarray, val_fraction: float, label: int, count: int) -> list
     return [int(i) for i in val[y[val] == label][-count:]]
 
 
+def typical_digit(x: np.ndarray, y: np.ndarray, val_fraction: float, label: int) -> int:
+    """The held-out digit of class `label` closest to its class's mean training image.
+
+    MNIST has many odd digits (a 4 that reads as a 7); the one nearest the mean is a clear one.
+    """
+    train, val = data.stratified_split(y, val_fraction, SEED)
+    mean = x[train[y[train] == label]].astype(np.float32).mean(axis=0)
+    candidates = val[y[val] == label]
+    distance = ((x[candidates].astype(np.float32) - mean) ** 2).sum(axis=(1, 2))
+    return int(candidates[distance.argmin()])
+
+
 def make(data_dir: Path, out: Path = OUT) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     manifest: list[dict] = []
@@ -50,7 +63,7 @@ def make(data_dir: Path, out: Path = OUT) -> list[dict]:
     with np.load(data_dir / "mnist-train.npz") as f:
         x, y = f["x"], f["y"].astype(np.int64)
     for digit, label in enumerate(MNIST.classes):
-        (i,) = held_out(y, MNIST.val_fraction, digit, 1)
+        i = typical_digit(x, y, MNIST.val_fraction, digit)
         name = f"digit-{label}.png"
         (out / name).write_bytes(png(x[i]))
         manifest.append({"file": name, "model": "mnist", "label": label, "source": f"MNIST #{i}"})

@@ -1,0 +1,469 @@
+"""The explorer page in real headless Chromium (Debian's `chromium`), against the real service.
+
+Playwright drives the system browser through `executable_path`; no browser is ever downloaded.
+Screenshots go to artifacts/screenshots/. The tests skip only when /usr/bin/chromium is missing.
+
+Most tests run on whatever models the session's server has (CONVNET_TEST_MODELS_DIR may point at
+smoke models with random weights). Drawing a digit and seeing the right class win needs the real,
+trained mnist model in models/; that test starts its own server on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.server import MODELS_DIR, ROOT, GunicornServer
+
+CHROMIUM = Path(os.environ.get("CONVNET_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+REAL_MODELS = ROOT / "models"
+TIMEOUT_MS = 60_000
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
+    ),
+]
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page whose console errors, page errors and off-site requests are collected."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    pg.problems = []
+    pg.urls = []
+    pg.on("pageerror", lambda exc: pg.problems.append(f"page error: {exc}"))
+    pg.on(
+        "console",
+        lambda msg: msg.type == "error" and pg.problems.append(f"console: {msg.text}"),
+    )
+    pg.on("request", lambda req: pg.urls.append(req.url))
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def mnist_server(server, tmp_path_factory) -> Iterator[GunicornServer]:
+    """A server with the real, trained mnist model: the session's own, or one started for it."""
+    if MODELS_DIR.resolve() == REAL_MODELS.resolve():
+        yield server
+        return
+    versions = sorted(REAL_MODELS.glob("mnist/*/saved_model.pb"))
+    if not versions:
+        pytest.skip(f"the trained mnist model is not in {REAL_MODELS} yet")
+    tmp = tmp_path_factory.mktemp("mnist-server")
+    (tmp / "models").mkdir()
+    (tmp / "models" / "mnist").symlink_to(REAL_MODELS / "mnist")
+    srv = GunicornServer(tmp=tmp, workers=1, env={"CONVNET_MODELS_DIR": str(tmp / "models")})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def shot(page, name: str, full_page: bool = False) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def open_explorer(page, url: str, model: str) -> dict:
+    page.goto(f"{url}/?model={model}")
+    page.wait_for_selector(f"body[data-state=ready][data-model={model}]")
+    return next(
+        m for m in requests.get(f"{url}/models", timeout=30).json()["models"] if m["name"] == model
+    )
+
+
+def updates(page) -> int:
+    return int(page.evaluate("Number(document.body.dataset.updates || 0)"))
+
+
+def wait_settled(page, after: int) -> None:
+    """Until the page has shown a response newer than `after` and has nothing more in flight."""
+    page.wait_for_function(
+        "n => Number(document.body.dataset.updates || 0) > n && document.body.dataset.state === 'ready'",
+        arg=after,
+    )
+
+
+def top_class(page) -> str:
+    return page.locator("#bars li.top").get_attribute("data-class")
+
+
+def probabilities(page) -> dict[str, float]:
+    items = page.locator("#bars li")
+    return {
+        items.nth(i).get_attribute("data-class"): float(items.nth(i).get_attribute("data-p"))
+        for i in range(items.count())
+    }
+
+
+def click_sample(page, model: str, label: str | None = None) -> dict:
+    manifest = json.loads((ROOT / "service/explorer/samples/samples.json").read_text())["samples"]
+    sample = next(s for s in manifest if s["model"] == model and label in (None, s["label"]))
+    before = updates(page)
+    page.locator(f'#sample-list button[data-file="{sample["file"]}"]').click()
+    wait_settled(page, before)
+    return sample
+
+
+def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Mouse strokes on the pad; points are fractions (0..1) of its width and height."""
+    pad = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(pad["x"] + x * pad["width"], pad["y"] + y * pad["height"])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(pad["x"] + x * pad["width"], pad["y"] + y * pad["height"], steps=8)
+        page.mouse.up()
+
+
+def hover_unit(page, selector: str, shape: list[int], y: int, x: int) -> None:
+    """Move the mouse to the centre of unit (y, x) of the map at `selector`."""
+    h, w = shape[:2]
+    page.locator(selector).scroll_into_view_if_needed()
+    box = page.locator(selector).bounding_box()
+    page.mouse.move(
+        box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h
+    )
+
+
+def box_of(page, selector: str) -> tuple[int, int, int, int]:
+    el = page.locator(selector)
+    return tuple(int(el.get_attribute(f"data-{k}")) for k in "yxhw")
+
+
+def assert_clean(page, url: str) -> None:
+    assert page.problems == []
+    offsite = [u for u in page.urls if not u.startswith((url, "data:", "blob:"))]
+    assert offsite == []
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_page_loads_offline_with_every_layer(page, server):
+    model = open_explorer(page, server.url, "mnist")
+    assert page.locator("#model option").count() >= 2
+    assert page.locator("#model").input_value() == "mnist"
+    figures = page.locator("#layer-list figure.layer")
+    assert figures.count() == len(model["layers"])
+    for i, row in enumerate(model["layers"]):
+        fig = figures.nth(i)
+        assert fig.get_attribute("data-layer") == row["name"]
+        caption = fig.locator("figcaption").inner_text()
+        assert row["name"] in caption and row["type"] in caption
+        assert "\u00d7".join(map(str, row["output_shape"])) in caption
+    # Bars in the model's class order, each labelled.
+    assert (
+        page.locator("#bars li").evaluate_all("els => els.map(e => e.dataset.class)")
+        == model["classes"]
+    )
+    assert_clean(page, server.url)
+
+
+def test_sample_shows_prediction_input_and_one_map_per_channel(page, server):
+    model = open_explorer(page, server.url, "mnist")
+    click_sample(page, "mnist", "3")
+    probs = probabilities(page)
+    assert list(probs) == model["classes"]
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert top_class(page) == max(probs, key=probs.get)
+    assert page.locator("#summary").inner_text().startswith(f"Prediction: {top_class(page)}")
+
+    counts = {
+        row["name"]: page.locator(f"#layer-{row['name']} .grid .map canvas").count()
+        for row in model["layers"]
+        if len(row["output_shape"]) == 3
+    }
+    assert counts["conv1"] == 6
+    assert counts["conv2"] == 16
+    assert counts == {
+        row["name"]: row["output_shape"][2]
+        for row in model["layers"]
+        if len(row["output_shape"]) == 3
+    }
+    # Dense layers are strips with one pixel per unit; the softmax is a bar chart.
+    for row in model["layers"]:
+        if row["type"] in ("dense", "flatten"):
+            size = page.locator(f"#layer-{row['name']} .strip canvas").evaluate(
+                "c => c.width * c.height"
+            )
+            assert size >= row["output_shape"][0]
+    assert page.locator("#layer-softmax .bars li").count() == len(model["classes"])
+
+    # The preprocessed input is the MNIST-style centred digit: ink in the middle, dark border.
+    pixels = np.array(
+        page.locator("#input").evaluate(
+            "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+        ),
+        dtype=np.uint8,
+    ).reshape(32, 32, 4)[..., 0]
+    assert pixels[:4].max() == 0 and pixels[:, :4].max() == 0
+    assert pixels[8:24, 8:24].max() > 200
+    assert "Top classes" in page.locator("#input-cap").inner_text()
+    shot(page, "mnist-sample", full_page=True)
+    assert_clean(page, server.url)
+
+
+def test_upload_a_file(page, server, tmp_path):
+    open_explorer(page, server.url, "mnist")
+    # A dark "4" on white paper, as a phone photo of a drawing would be: the service inverts it.
+    img = Image.new("L", (120, 160), 235)
+    ink = np.asarray(img).copy()
+    ink[20:90, 30:40] = 20
+    ink[80:90, 30:95] = 20
+    ink[20:150, 75:86] = 20
+    path = tmp_path / "four.png"
+    Image.fromarray(ink).save(path)
+    before = updates(page)
+    page.locator("#file").set_input_files(str(path))
+    wait_settled(page, before)
+    probs = probabilities(page)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert page.locator("#status").inner_text() == f"Classified as {top_class(page)}."
+    assert page.locator("#layer-conv1 .map").count() == 6
+    assert_clean(page, server.url)
+
+
+def test_hovering_a_pool_unit_highlights_its_window_and_max(page, server):
+    model = open_explorer(page, server.url, "mnist")
+    click_sample(page, "mnist", "8")
+    pool = next(r for r in model["layers"] if r["name"] == "pool1")
+    before = model["layers"][model["layers"].index(pool) - 1]["name"]  # relu1
+    channel, y, x = 2, 6, 4
+    hover_unit(page, f"#layer-pool1 .map[data-channel='{channel}']", pool["output_shape"], y, x)
+
+    window = f"#layer-{before} .map[data-channel='{channel}'] .box.window"
+    assert page.locator(window).count() == 1
+    assert box_of(page, window) == (2 * y, 2 * x, 2, 2)
+    assert page.locator(f"#layer-{before} .box.window").count() == 1  # only that map
+    mark = f"#layer-{before} .map[data-channel='{channel}'] .box.max"
+    my, mx, mh, mw = box_of(page, mark)
+    assert (mh, mw) == (1, 1) and 2 * y <= my < 2 * y + 2 and 2 * x <= mx < 2 * x + 2
+
+    # The marked unit is the true maximum of the window in the activations the page was sent.
+    sample = (ROOT / "service/explorer/samples/digit-8.png").read_bytes()
+    feats = requests.post(
+        f"{server.url}/features/mnist?encoding=base64&layers={before}",
+        data=sample,
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    ).json()
+    acts = np.frombuffer(base64.b64decode(feats["layers"][0]["data"]), "<f4").reshape(
+        feats["layers"][0]["shape"]
+    )
+    win = acts[2 * y : 2 * y + 2, 2 * x : 2 * x + 2, channel]
+    assert acts[my, mx, channel] == win.max()
+
+    # Its receptive field on the 32x32 input: 6x6 pixels starting at (2y, 2x).
+    assert box_of(page, "#input-fig .box.rf") == (2 * y, 2 * x, 6, 6)
+    readout = page.locator("#readout").inner_text()
+    assert "pool1" in readout and f"max at row {my}, column {mx}" in readout
+    shot(page, "mnist-pool-hover")
+
+    # Leaving the map clears the highlight.
+    page.mouse.move(1, 1)
+    assert page.locator(".box").count() == 0
+    assert_clean(page, server.url)
+
+
+def test_hovering_a_conv_unit_highlights_its_receptive_field(page, server):
+    model = open_explorer(page, server.url, "mnist")
+    click_sample(page, "mnist", "5")
+    conv2 = next(r for r in model["layers"] if r["name"] == "conv2")
+    hover_unit(page, "#layer-conv2 .map[data-channel='5']", conv2["output_shape"], 2, 3)
+    # conv1 5x5 -> pool 2x2/2 -> conv2 5x5: 14x14 input pixels, 2 apart.
+    assert box_of(page, "#input-fig .box.rf") == (4, 6, 14, 14)
+    assert box_of(page, "#layer-conv2 .map[data-channel='5'] .box.cursor") == (2, 3, 1, 1)
+
+    # The same with the keyboard: focus conv1's maps, move right twice and down once.
+    page.locator("#layer-conv1 .grid").focus()
+    for key in ("ArrowRight", "ArrowRight", "ArrowDown", "PageDown"):
+        page.keyboard.press(key)
+    assert box_of(page, "#layer-conv1 .map[data-channel='1'] .box.cursor") == (1, 2, 1, 1)
+    assert box_of(page, "#input-fig .box.rf") == (1, 2, 5, 5)
+    assert "conv1, map 1, row 1, column 2" in page.locator("#readout").inner_text()
+    assert_clean(page, server.url)
+
+
+def test_normalisation_switch_repaints(page, server):
+    open_explorer(page, server.url, "mnist")
+    click_sample(page, "mnist", "0")
+
+    def conv1_pixels() -> list[int]:
+        return page.locator("#layer-conv1 .map canvas").evaluate_all(
+            "cs => cs.flatMap(c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data))"
+        )
+
+    per_map = conv1_pixels()
+    assert "per map" in page.locator("#layer-conv1 .legend").inner_text()
+    page.get_by_label("one range per layer").check()
+    assert "per layer" in page.locator("#layer-conv1 .legend").inner_text()
+    assert conv1_pixels() != per_map
+    page.get_by_label("each map to its own range").check()
+    assert conv1_pixels() == per_map
+    assert_clean(page, server.url)
+
+
+def test_scenes_shows_gradcam_and_its_layers(page, server):
+    model = open_explorer(page, server.url, "scenes")
+    click_sample(page, "scenes", "cat")
+    assert page.locator("#layer-conv1 .map").count() == 32
+    assert page.locator("#layer-bn1 .map").count() == 32
+    assert page.locator("#layer-conv6 .map").count() == 128
+    assert page.locator("#bars li").count() == len(model["classes"])
+
+    fig = page.locator("#gradcam-fig")
+    assert fig.is_visible()
+    predicted = top_class(page)
+    assert fig.get_attribute("data-class") == predicted
+    caption = page.locator("#gradcam-cap").inner_text()
+    assert f"“{predicted}”" in caption and model["signatures"]["gradcam"]["layer"] in caption
+    spread = page.locator("#gradcam").evaluate(
+        """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) {
+                  lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); } return hi - lo; }"""
+    )
+    assert spread > 20  # a picture, not a blank square
+
+    # Explaining another class asks the API again and says so.
+    other = next(c for c in model["classes"] if c != predicted)
+    before = updates(page)
+    page.get_by_label("Explain class").select_option(other)
+    wait_settled(page, before)
+    assert fig.get_attribute("data-class") == other
+    shot(page, "scenes-gradcam")
+    assert_clean(page, server.url)
+
+
+def test_controls_are_labelled_and_reachable_by_keyboard(page, server):
+    open_explorer(page, server.url, "mnist")
+    unnamed = page.evaluate(
+        """() => [...document.querySelectorAll('button, select, input, canvas[role=img]')]
+              .filter(el => !(el.labels?.length || el.getAttribute('aria-label')
+                              || el.textContent.trim()))
+              .map(el => el.outerHTML.slice(0, 80))"""
+    )
+    assert unnamed == []
+    reached = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        reached.append(
+            page.evaluate(
+                "() => { const e = document.activeElement;"
+                " return e.id || e.dataset.file || e.value || e.className; }"
+            )
+        )
+    # The model, the pad's buttons, the file input, the samples, the colour-scale radios ("map")
+    # and the feature-map grids (one stop per layer).
+    for control in ("model", "clear", "file", "digit-0.png", "map", "grid"):
+        assert control in reached, reached
+
+
+def test_phone_sized_screen(browser, server):
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg = context.new_page()
+        pg.goto(f"{server.url}/?model=mnist")
+        pg.wait_for_selector("body[data-state=ready][data-model=mnist]")
+        before = updates(pg)
+        pg.locator("#sample-list button").first.tap()
+        wait_settled(pg, before)
+        overflow = pg.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0
+        # Tapping a pool unit highlights its window too.
+        pg.locator("#layer-pool1 .map[data-channel='0']").scroll_into_view_if_needed()
+        box = pg.locator("#layer-pool1 .map[data-channel='0']").bounding_box()
+        pg.touchscreen.tap(box["x"] + box["width"] * 0.5 / 14, box["y"] + box["height"] * 0.5 / 14)
+        assert box_of(pg, "#layer-relu1 .map[data-channel='0'] .box.window") == (0, 0, 2, 2)
+        pg.evaluate("window.scrollTo(0, 0)")
+        shot(pg, "phone")
+    finally:
+        context.close()
+
+
+# ------------------------------------------------------------------ the real model
+
+
+DIGITS = {
+    # A "1": one vertical stroke.
+    "1": [[(0.5, 0.15), (0.5, 0.85)]],
+    # A "7": a top bar, then a long diagonal down to the lower left.
+    "7": [[(0.25, 0.2), (0.75, 0.2), (0.42, 0.85)]],
+    # A "0": an oval.
+    "0": [
+        [(0.5 + 0.22 * np.sin(t), 0.5 - 0.32 * np.cos(t)) for t in np.linspace(0, 2 * np.pi, 24)]
+    ],
+}
+
+
+@pytest.mark.parametrize("digit", list(DIGITS))
+def test_drawing_a_digit_makes_the_right_class_win(page, mnist_server, digit):
+    open_explorer(page, mnist_server.url, "mnist")
+    before = updates(page)
+    draw(page, DIGITS[digit])
+    wait_settled(page, before)
+    probs = probabilities(page)
+    assert top_class(page) == digit, probs
+    assert probs[digit] > 0.5
+    shot(page, f"mnist-draw-{digit}")
+    if digit == "7":
+        # The picture for the README (docs/explorer.png is copied from here by hand): the drawn
+        # digit, its prediction and the first layers, with a pooling unit inspected.
+        page.locator("#layer-pool1 .grid").focus()
+        for key in ["PageDown"] * 3 + ["ArrowDown"] * 5 + ["ArrowRight"] * 8:
+            page.keyboard.press(key)
+        page.evaluate("window.scrollTo(0, 0)")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(
+            path=str(SCREENSHOTS / "explorer.png"),
+            full_page=True,
+            clip={"x": 0, "y": 0, "width": 1280, "height": 1560},
+        )
+        assert page.locator("#layer-relu1 .box.window").count() == 1
+    assert_clean(page, mnist_server.url)
