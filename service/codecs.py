@@ -35,11 +35,24 @@ def _decode_base64(text: str, index: int) -> bytes:
         raise BadRequest(f"images[{index}]: not valid base64 ({exc})") from exc
 
 
+def _body(request: Request) -> bytes:
+    """The whole body, never silently cut short.
+
+    A chunked body (no Content-Length) is cut at MAX_CONTENT_LENGTH by Werkzeug without an error,
+    which would pass a truncated image on; one more read past the limit raises its 413 instead.
+    """
+    data = request.get_data(cache=False)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(data) >= limit:
+        request.stream.read(1)  # raises RequestEntityTooLarge when more was sent
+    return data
+
+
 def images_from_request(request: Request, max_images: int) -> list[bytes]:
     """The image payloads of a request, in order; raises ApiError for anything malformed."""
     mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype == "application/octet-stream":
-        images = [request.get_data(cache=False)]
+        images = [_body(request)]
     elif mimetype == "multipart/form-data":
         files = request.files.getlist("image")
         if not files:
@@ -49,7 +62,7 @@ def images_from_request(request: Request, max_images: int) -> list[bytes]:
             raise TooLarge(f"{len(files)} images; at most {max_images} per request")
         images = [f.read() for f in files]
     elif mimetype == "application/json":
-        raw = request.get_data(cache=False)
+        raw = _body(request)
         try:
             body = ImagesRequest.model_validate_json(raw)
         except ValidationError as exc:
@@ -96,12 +109,15 @@ def encode_array(arr: np.ndarray, encoding: str) -> dict[str, Any]:
 
 
 def feature_grid(arr: np.ndarray, gap: int = 1) -> tuple[np.ndarray, tuple[int, int]]:
-    """(H, W, C) feature maps -> one uint8 image of C tiles; a vector becomes a one-row strip.
+    """(H, W, C) feature maps -> one uint8 image of C tiles; a vector becomes a one-row strip,
+    one (H, W) map a single tile.
 
     Each layer is scaled to 0..255 by its own min and max, so maps of one layer compare.
     """
     if arr.ndim == 1:
         arr = arr[np.newaxis, :, np.newaxis]
+    elif arr.ndim == 2:  # one map (a Grad-CAM heat map): a single tile
+        arr = arr[:, :, np.newaxis]
     h, w, c = arr.shape
     cols = int(np.ceil(np.sqrt(c)))
     rows = int(np.ceil(c / cols))

@@ -69,6 +69,17 @@ def error_body(code: str, message: str, status: int) -> dict:
     return {"error": {"code": code, "message": message, "status": status}}
 
 
+def _body_errors() -> tuple[type[Exception], ...]:
+    """Gunicorn's errors for a malformed request body (bad chunk size, missing terminator, body
+    cut short). They are raised inside the app, while it reads the body, so they reach our
+    handlers rather than Gunicorn's: without this they would be answered 500."""
+    try:
+        from gunicorn.http.errors import NoMoreData, ParseException
+    except ImportError:  # not running under Gunicorn
+        return ()
+    return (ParseException, NoMoreData)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -83,6 +94,13 @@ def register(app: Flask) -> None:
             if exc.get_response().headers.get(header):
                 response.headers[header] = exc.get_response().headers[header]
         return response, status
+
+    def _malformed_body(exc: Exception):
+        message = f"malformed request body: {exc or type(exc).__name__}"
+        return jsonify(error_body("bad_request", message, 400)), 400
+
+    for cls in _body_errors():
+        app.register_error_handler(cls, _malformed_body)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

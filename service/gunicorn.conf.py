@@ -4,6 +4,7 @@ Settings come from GUNICORN_* / CONVNET_* environment variables so the CLI and t
 change them without editing this file.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -29,6 +30,9 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Heartbeat files on tmpfs, not a possibly slow or read-only disk.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# No runtime control socket ($HOME/.gunicorn/gunicorn.ctl): nothing may change a running server,
+# and servers started side by side (tests, benchmark) must not share one.
+control_socket_disable = True
 
 
 def on_starting(server):
@@ -42,10 +46,130 @@ def on_starting(server):
         path = tempfile.mkdtemp(prefix="convnet-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     server.log.info("prometheus multiprocess dir: %s", path)
+    _prepare_engines(server)
+
+
+def _prepare_engines(server):
+    # Convert each SavedModel to its LiteRT engine once, here in the master before the fork, so
+    # that workers start fast and never import TensorFlow (see service/engines.py). Workers redo
+    # any conversion that fails here, and /readyz reports what went wrong.
+    from service.config import Settings
+    from service.engines import prepare
+    from service.registry import find_versions
+
+    settings = Settings.from_env()
+    if settings.engine != "litert":
+        return
+    try:
+        files = prepare(find_versions(settings.models_dir), settings.engine_cache)
+        server.log.info("LiteRT engines ready: %s", ", ".join(str(f) for f in files.values()))
+    except Exception as exc:
+        server.log.warning("engine preparation failed: %s", exc)
 
 
 def child_exit(server, worker):
-    # Live gauges of a dead worker are dropped; its counters and histograms stay in the files.
+    # Live gauges of a dead worker are dropped; its counters and histograms are kept, folded into
+    # one archive file per type so the directory does not grow with every recycled worker.
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        _archive_dead_worker(path, worker.pid)
+
+
+def _archive_dead_worker(path, pid):
+    """Fold a dead worker's counter and histogram files into `counter_archive.db` and
+    `histogram_archive.db`, then delete them (and its max-mode gauge file).
+
+    prometheus-client keeps a dead worker's files forever (its totals must survive it), so with
+    max_requests recycling the directory gains ~3 files per recycled worker and every scrape reads
+    them all. /metrics merges the archive like any worker's file: counters and histogram samples
+    are summed across files, so the totals are unchanged. Only the master writes the archive,
+    one worker exit at a time. A scrape that lists the files between the archive write and the
+    delete counts that worker twice, once: the delete follows within microseconds.
+    """
+    from prometheus_client.mmap_dict import MmapedDict
+
+    for kind in ("counter", "histogram"):
+        dead = os.path.join(path, f"{kind}_{pid}.db")
+        if not os.path.exists(dead):
+            continue
+        archive = MmapedDict(os.path.join(path, f"{kind}_archive.db"))
+        try:
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                total, _ = archive.read_value(key)
+                archive.write_value(key, total + value, timestamp)
+        finally:
+            archive.close()
+        os.remove(dead)
+    # model_info (max across workers): the live workers report the same models.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(path, f"gauge_max_{pid}.db"))
+
+
+def _json_write_error(sock, status_int, reason, mesg):
+    """Gunicorn's own errors (request line or headers too long, bad chunking, ...) as our JSON.
+
+    Gunicorn answers those before the app sees the request, with an HTML page; the API promises
+    JSON for every error, so workers send the same body the app would.
+    """
+    import json
+
+    from gunicorn import util
+
+    code = {414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented"}.get(
+        status_int, "bad_request" if status_int < 500 else "internal"
+    )
+    body = json.dumps(
+        {"error": {"code": code, "message": mesg or reason, "status": status_int}}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
+    util.write_nonblock(sock, head + body)
+
+
+def post_fork(server, worker):
+    from gunicorn import util
+
+    util.write_error = _json_write_error
+
+
+def post_worker_init(worker):
+    """SIGTERM drains: /readyz answers 503 at once, then (after CONVNET_DRAIN_SECONDS, default 0)
+    the worker stops accepting and finishes its in-flight requests, as Gunicorn always does.
+
+    A load balancer polling /readyz sees the worker leave before its listener goes; with a drain
+    delay shorter than graceful_timeout, connections arriving meanwhile are still served.
+    """
+    import signal
+    import threading
+
+    stop = signal.getsignal(signal.SIGTERM)  # Gunicorn's graceful stop (worker.handle_exit)
+    delay = float(os.environ.get("CONVNET_DRAIN_SECONDS", "0"))
+    state = getattr(worker.wsgi, "extensions", {}).get("convnet")
+    if state is None:  # another WSGI app under this config (the benchmark's baselines)
+        return
+
+    def drain(sig, frame):
+        if state.draining.is_set():
+            return
+        state.draining.set()
+        worker.log.info("draining: /readyz answers 503; stopping in %.1f s", delay)
+        if delay > 0:
+            threading.Timer(delay, stop, (sig, None)).start()
+        else:
+            stop(sig, frame)
+
+    signal.signal(signal.SIGTERM, drain)
+
+    # A replacement worker (after max_requests recycling or a crash) takes no connection before
+    # its models are loaded: otherwise it would answer its share of traffic 503 while the other
+    # workers could serve it. The first workers start accepting at once, so /livez and /readyz
+    # answer (503 "loading") during a cold start.
+    if worker.age > worker.cfg.workers:
+        registry = state.registry
+        while not registry.ready.wait(1.0) and registry.error is None and worker.alive:
+            worker.notify()  # the master's heartbeat: loading is not hanging

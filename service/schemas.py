@@ -94,7 +94,7 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["alive", "ready", "loading", "failed"]
+    status: Literal["alive", "ready", "loading", "failed", "draining"]
     models: dict[str, str] = Field(default_factory=dict, description="name -> version loaded")
     detail: str | None = None
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -21,6 +22,8 @@ class State:
     registry: Registry
     metrics: Metrics
     limits: Limits
+    # Set on SIGTERM (see gunicorn.conf.py): /readyz answers 503 while in-flight requests finish.
+    draining: threading.Event = field(default_factory=threading.Event)
 
 
 def state() -> State:

@@ -66,6 +66,8 @@ _ENCODING = {
 
 def build_openapi(model_names: list[str]) -> dict:
     model_param = {**_MODEL, "description": f"One of: {', '.join(model_names) or '(loading)'}"}
+    if model_names:  # the models this server has loaded: clients and fuzzers see the valid names
+        model_param["schema"] = {"type": "string", "enum": list(model_names)}
     infer_errors = _errors("400", "404", "413", "415", "422", "503")
     paths = {
         "/predict/{model}": {

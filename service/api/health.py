@@ -16,6 +16,8 @@ def livez():
 def readyz():
     registry = state().registry
     loaded = {name: str(m.version) for name, m in registry.models.items()}
+    if state().draining.is_set():
+        return jsonify({"status": "draining", "models": loaded}), 503
     if registry.ready.is_set():
         return jsonify({"status": "ready", "models": loaded})
     if registry.error:

@@ -1,0 +1,538 @@
+"""Faults and load against the real Gunicorn service: slow clients, a worker killed mid-request,
+graceful shutdown, worker recycling and a short soak. Every test is bounded in time and stops
+every process it starts, also on failure. Run with `-s` to see the measured figures.
+
+Longer runs on demand: SOAK_SECONDS=900 pytest tests/test_faults.py -k soak -s
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+from tests import corpus
+from tests.server import ROOT, GunicornServer, free_port
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+DIGIT = corpus.encode(corpus.digit(7, 64), "PNG")
+PHOTO = corpus.encode(corpus.photo(320, 240), "JPEG", quality=90)
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def predict(url: str, timeout: float = 60, close: bool = True) -> requests.Response:
+    headers = {"Content-Type": "image/png"}
+    if close:  # one connection per request: no keep-alive race blurs what was accepted
+        headers["Connection"] = "close"
+    return requests.post(f"{url}/predict/mnist", data=DIGIT, headers=headers, timeout=timeout)
+
+
+def refused(exc: BaseException) -> bool:
+    """True when the connection itself was refused: the request was never accepted."""
+    while exc is not None:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args else None)
+        if not isinstance(exc, BaseException):
+            return False
+    return False
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def metrics_from_dir(path: Path) -> str:
+    """The merged multiprocess metrics, read from the files (also after the server stopped)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(path))
+    return generate_latest(registry).decode()
+
+
+def predicts_counted(text: str, status: str = "200") -> int:
+    return int(
+        metric_total(
+            text, "convnet_http_requests_total", endpoint="/predict/<model>", status=status
+        )
+    )
+
+
+@dataclass
+class Load:
+    """`threads` clients calling `call` in a loop until stopped; outcomes and latencies kept."""
+
+    call: Callable[[], requests.Response]
+    threads: int = 4
+    outcomes: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # answers other than 200
+    resets: list[str] = field(default_factory=list)  # connections closed without an answer
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            try:
+                r = self.call()
+                key = str(r.status_code)
+                if r.status_code != 200:
+                    self.errors.append(f"{r.status_code} {r.text[:200]}")
+            except requests.RequestException as exc:
+                key = "refused" if refused(exc) else "reset"
+                self.resets.append(repr(exc)[:300]) if key == "reset" else None
+                time.sleep(0.05)
+            self.outcomes[key] += 1
+            if key == "200":
+                self.latencies.append(time.perf_counter() - started)
+
+    def __enter__(self) -> Load:
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(90)
+
+    def summary(self) -> str:
+        lat = sorted(self.latencies) or [0.0]
+        return (
+            f"{dict(self.outcomes)}; latency p50 {lat[len(lat) // 2] * 1000:.0f} ms, "
+            f"p99 {lat[int(len(lat) * 0.99)] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms"
+        )
+
+
+@contextmanager
+def gunicorn(tmp_path: Path, **kwargs):
+    srv = GunicornServer(tmp=tmp_path, **kwargs)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+# --- (a) slow clients -------------------------------------------------------------------------
+
+
+class SlowLoris:
+    """`n` sockets sending a request's headers one line every `interval` s, never finishing."""
+
+    def __init__(self, port: int, n: int, interval: float = 1.0) -> None:
+        self.port, self.n, self.interval = port, n, interval
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+        self.sockets: list[socket.socket] = []
+
+    def _open(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        s.sendall(b"POST /predict/mnist HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        return s
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.wait(self.interval):
+            i += 1
+            for k, s in enumerate(self.sockets):
+                try:
+                    s.sendall(f"X-Slow-{i}: {'a' * 10}\r\n".encode())
+                except OSError:
+                    self.closed_by_server += 1
+                    s.close()
+                    try:  # like the real attack: reconnect
+                        self.sockets[k] = self._open()
+                    except OSError:
+                        pass
+
+    def __enter__(self) -> SlowLoris:
+        self.sockets = [self._open() for _ in range(self.n)]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self._thread.join(10)
+        for s in self.sockets:
+            s.close()
+
+
+def measure_under_slowloris(url: str, port: int, n: int, seconds: float = 12) -> dict:
+    with SlowLoris(port, n) as loris:
+        time.sleep(2)  # the sockets are open and dribbling before we measure
+        latencies, failures = [], []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                r = predict(url, timeout=10)
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    failures.append(r.status_code)
+            except requests.RequestException as exc:
+                failures.append(type(exc).__name__)
+            time.sleep(0.1)
+        closed = loris.closed_by_server
+    lat = sorted(latencies) or [float("inf")]
+    return {
+        "loris_sockets": n,
+        "ok": len(latencies),
+        "failed": failures,
+        "p50_ms": round(statistics.median(lat) * 1000, 1),
+        "max_ms": round(lat[-1] * 1000, 1),
+        "loris_closed_by_server": closed,
+    }
+
+
+@pytest.mark.xfail(
+    reason="measured: a Gunicorn gthread worker gives each connection a thread while it reads the "
+    "headers, and keeps accepting connections meanwhile; once it holds `threads` dribbling sockets "
+    "every request queued to it waits for them (6 sockets against 2 workers x 4 threads already "
+    "time requests out; 24: 0-2 of ~100 requests served in 12 s). The deployment must put a "
+    "buffering proxy (nginx) in front: test_slowloris_through_nginx",
+    strict=False,
+)
+def test_slowloris_direct_gthread(server):
+    """More dribbling sockets than workers x threads: do gthread workers still serve?"""
+    n = 3 * server.workers * server.threads
+    result = measure_under_slowloris(server.url, server.port, n)
+    print(f"\nslow loris, Gunicorn gthread direct: {result}")
+    assert not result["failed"], result
+    assert result["ok"] > 10 and result["max_ms"] < 2000, result
+
+
+NGINX_SITE = ROOT / "deploy" / "nginx" / "convnet.conf"  # the proxy the compose file runs
+NGINX_CONF = """
+worker_processes 1;
+user root;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/site.conf;
+}}
+"""
+
+
+@contextmanager
+def nginx(tmp_path: Path, upstream: int):
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    site = NGINX_SITE.read_text()
+    site = site.replace("server service:8000;", f"server 127.0.0.1:{upstream};")
+    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (tmp_path / "site.conf").write_text(site)
+    conf.write_text(NGINX_CONF.format(tmp=tmp_path))
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-c",
+            str(conf),
+            "-p",
+            str(tmp_path),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-g",
+            "daemon off;",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/livez", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        else:
+            raise TimeoutError((tmp_path / "error.log").read_text())
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_slowloris_through_nginx(server, tmp_path):
+    """The same attack against Debian's nginx as a buffering reverse proxy in front."""
+    with nginx(tmp_path, server.port) as port:
+        n = 3 * server.workers * server.threads
+        result = measure_under_slowloris(f"http://127.0.0.1:{port}", port, n)
+    print(f"\nslow loris, through nginx: {result}")
+    assert not result["failed"], result
+    assert result["ok"] > 10 and result["max_ms"] < 2000, result
+
+
+# --- (b) a worker killed mid-request ----------------------------------------------------------
+
+
+def worker_holding(srv: GunicornServer, client: socket.socket) -> int:
+    """The worker pid whose file descriptors include the server side of `client`'s connection."""
+    local_port = client.getsockname()[1]
+    want = f"{local_port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        local, remote = parts[1], parts[2]
+        if local.endswith(f":{srv.port:04X}") and remote.endswith(f":{want}"):
+            inode = parts[9]
+    assert inode, "server side of the connection not found"
+    for pid in srv.worker_pids():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                pass
+    raise AssertionError("no worker holds the connection")
+
+
+def ready_pids(srv: GunicornServer) -> set[int]:
+    """Workers that report their models loaded (the liveall gauge has a pid label)."""
+    text = requests.get(f"{srv.url}/metrics", timeout=10).text
+    return {
+        int(line.split('pid="', 1)[1].split('"', 1)[0])
+        for line in text.splitlines()
+        if line.startswith("convnet_worker_ready{") and line.endswith(" 1.0")
+    }
+
+
+def test_worker_killed_mid_request_is_replaced_and_metrics_keep_completed(tmp_path):
+    with gunicorn(tmp_path, workers=2) as srv:
+        before = [predict(srv.url) for _ in range(20)]
+        assert all(r.status_code == 200 for r in before)
+        # A request in flight: headers and half of the body sent, the worker is reading it.
+        client = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        client.sendall(
+            b"POST /predict/mnist HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            + f"Content-Length: {len(DIGIT)}\r\n\r\n".encode()
+            + DIGIT[: len(DIGIT) // 2]
+        )
+        time.sleep(0.5)
+        victim = worker_holding(srv, client)
+        old_pids = set(srv.worker_pids())
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        with pytest.raises(OSError):  # the in-flight request dies with its worker
+            client.sendall(DIGIT[len(DIGIT) // 2 :])
+            if not client.recv(1):
+                raise ConnectionResetError("closed without a response")
+        client.close()
+        # The next requests succeed at once (the other worker), and the replacement comes up.
+        after = [predict(srv.url) for _ in range(20)]
+        assert all(r.status_code == 200 for r in after), [r.status_code for r in after]
+        while not (ready_pids(srv) - old_pids):
+            assert time.monotonic() - killed_at < 120, "no replacement worker became ready"
+            time.sleep(0.1)
+        replaced_in = time.monotonic() - killed_at
+        pids = srv.worker_pids()
+        assert victim not in pids and len(pids) == 2
+        more = [predict(srv.url) for _ in range(20)]
+        assert all(r.status_code == 200 for r in more)
+        text = requests.get(f"{srv.url}/metrics", timeout=10).text
+        counted = predicts_counted(text)
+        print(
+            f"\nSIGKILL mid-request: replacement ready in {replaced_in:.1f} s; "
+            f"/predict 200s counted {counted}, completed by clients 60"
+        )
+        assert counted == 60  # the dead worker's counters survive it; the killed request is not one
+
+
+# --- (c) graceful shutdown --------------------------------------------------------------------
+
+
+def test_sigterm_under_load_loses_no_accepted_request_and_readiness_turns_false_first(tmp_path):
+    """4 clients keep sending (one connection per request) through SIGTERM. Gunicorn's access log
+    is the server's record of every request it accepted (read off a connection): each must have
+    reached its client as a 200. A client may also see its connection refused (the listener is
+    gone) or reset without an answer (it was still in the kernel's accept queue when the last
+    worker closed the listener: never accepted, never processed, safe to retry); a load balancer
+    that follows /readyz stops sending during the drain delay and sees neither."""
+    drain = 2.0
+    access_log = tmp_path / "access.log"
+    env = {"CONVNET_DRAIN_SECONDS": str(drain), "GUNICORN_ACCESSLOG": str(access_log)}
+    with gunicorn(tmp_path, workers=2, env=env) as srv:
+        readiness: list[tuple[float, int | str]] = []
+        stop_polling = threading.Event()
+
+        def poll_readyz() -> None:
+            while not stop_polling.is_set():
+                try:
+                    r = requests.get(
+                        f"{srv.url}/readyz", headers={"Connection": "close"}, timeout=5
+                    )
+                    status = r.status_code if r.status_code == 200 else r.json()["status"]
+                except requests.RequestException as exc:
+                    status = "refused" if refused(exc) else "reset"
+                readiness.append((time.monotonic(), status))
+                time.sleep(0.02)
+
+        poller = threading.Thread(target=poll_readyz, daemon=True)
+        poller.start()
+        try:
+            with Load(lambda: predict(srv.url)) as load:
+                time.sleep(3)
+                sent_term = time.monotonic()
+                srv.proc.send_signal(signal.SIGTERM)
+                srv.proc.wait(60)
+                exited = time.monotonic()
+                time.sleep(0.5)  # a few refused connections after the listener is gone
+        finally:
+            stop_polling.set()
+            poller.join(10)
+        log = srv.log()
+    served = predicts_counted(metrics_from_dir(srv.metrics_dir))
+    accepted = [line for line in access_log.read_text().splitlines() if "/predict/mnist" in line]
+    accepted_ok = [line for line in accepted if '" 200 ' in line]
+    after = [(t - sent_term, s) for t, s in readiness if t >= sent_term]
+    first_draining = next((t for t, s in after if s == "draining"), None)
+    first_refused = next((t for t, s in after if s == "refused"), None)
+    print(
+        f"\nSIGTERM under load ({load.threads} clients, drain {drain} s): {load.summary()}; "
+        f"server accepted {len(accepted)} /predict requests (access log), answered "
+        f"{len(accepted_ok)} with 200, counted {served}; lost {len(accepted) - load.outcomes['200']}; "
+        f"readiness 503 'draining' after {first_draining:.3f} s, first refused connection after "
+        f"{first_refused:.3f} s, master exited after {exited - sent_term:.2f} s"
+    )
+    assert load.outcomes["200"] > 0 and load.outcomes["refused"] > 0
+    assert not load.errors, load.errors[:5]  # no answer other than 200
+    # Zero lost: every request the server accepted was answered 200 and that answer arrived.
+    assert len(accepted) == len(accepted_ok) == served == load.outcomes["200"]
+    assert first_draining is not None and first_refused is not None
+    assert first_draining < first_refused
+    assert "WORKER TIMEOUT" not in log and "SIGKILL" not in log
+
+
+# --- (d) worker recycling ---------------------------------------------------------------------
+
+
+def test_worker_recycling_under_load_fails_no_request(tmp_path):
+    env = {"GUNICORN_MAX_REQUESTS": "50", "GUNICORN_MAX_REQUESTS_JITTER": "10"}
+    with gunicorn(tmp_path, workers=2, env=env) as srv:
+        first_pids = set(srv.worker_pids())
+        files_before = sorted(p.name for p in srv.metrics_dir.iterdir())
+        target = 400
+        with Load(lambda: predict(srv.url)) as load:
+            deadline = time.monotonic() + 240
+            while sum(load.outcomes.values()) < target and time.monotonic() < deadline:
+                time.sleep(0.2)
+        files_after = sorted(p.name for p in srv.metrics_dir.iterdir())
+        size_after = sum(p.stat().st_size for p in srv.metrics_dir.iterdir())
+        live = srv.worker_pids()
+        text = requests.get(f"{srv.url}/metrics", timeout=10).text
+        log = srv.log()
+    recycled = log.count("Autorestarting worker")
+    print(
+        f"\nrecycling (max_requests 50 +/- 10): {load.summary()}; {recycled} recycles; "
+        f"metrics dir {len(files_before)} files -> {len(files_after)} files "
+        f"({size_after / 2**20:.1f} MiB): {files_after}"
+    )
+    assert sum(load.outcomes.values()) >= target, "load did not finish in time"
+    assert not load.errors and set(load.outcomes) == {"200"}, (
+        dict(load.outcomes),
+        load.errors[:5],
+        load.resets[:5],
+    )
+    assert recycled >= 2 and not first_pids & set(live)
+    assert predicts_counted(text) == load.outcomes["200"]  # the recycled workers' counts are kept
+    # Bounded: the live workers' files and one archive per type, whatever the number of recycles
+    # (gunicorn.conf.py folds each dead worker's files into the archive).
+    others = [n for n in files_after if not any(n.endswith(f"_{pid}.db") for pid in live)]
+    assert set(others) <= {"counter_archive.db", "histogram_archive.db"}, others
+
+
+# --- (e) soak ---------------------------------------------------------------------------------
+
+
+def test_soak_flat_memory_no_errors(server):
+    calls = [
+        lambda: predict(server.url, close=False),
+        lambda: requests.post(
+            f"{server.url}/predict/scenes",
+            data=PHOTO,
+            headers={"Content-Type": "image/jpeg"},
+            timeout=60,
+        ),
+        lambda: requests.post(
+            f"{server.url}/features/mnist?encoding=base64",
+            data=DIGIT,
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        ),
+    ]
+    counter = iter(range(10**9))
+    pids = server.worker_pids()
+    samples: list[dict[int, int]] = []
+    with Load(lambda: calls[next(counter) % len(calls)](), threads=3) as load:
+        started = time.monotonic()
+        while time.monotonic() - started < SOAK_SECONDS:
+            samples.append({pid: rss(pid) for pid in pids})
+            time.sleep(SOAK_SECONDS / 12)
+    assert server.worker_pids() == pids, "a worker was replaced during the soak"
+    # Growth over the second half of the run (the first half is warm-up: caches, TF arenas).
+    mid, end = samples[len(samples) // 2], {pid: rss(pid) for pid in pids}
+    growth = {pid: (end[pid] - mid[pid]) / 2**20 for pid in pids}
+    print(
+        f"\nsoak {SOAK_SECONDS:.0f} s, 3 clients: {load.summary()}; RSS MiB per worker "
+        + ", ".join(
+            f"{pid}: {samples[0][pid] / 2**20:.0f} -> {mid[pid] / 2**20:.0f} -> {end[pid] / 2**20:.0f}"
+            for pid in pids
+        )
+    )
+    assert not load.errors and set(load.outcomes) == {"200"}, (
+        dict(load.outcomes),
+        load.errors[:5],
+        load.resets[:5],
+    )
+    assert all(g < 32 for g in growth.values()), growth
