@@ -26,29 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-# Model specs as the two committed models declare them (assets.extra/metadata.json).
-SPECS = (
-    {
-        "color_mode": "grayscale",
-        "height": 32,
-        "width": 32,
-        "scale": 1 / 255,
-        "offset": 0.0,
-        "alpha_background": [255, 255, 255],
-        "resize": "mnist_digit",
-        "digit": {"box_size": 20, "canvas_size": 28, "ink": "bright_on_dark"},
-    },
-    {
-        "color_mode": "rgb",
-        "height": 32,
-        "width": 32,
-        "scale": 1 / 255,
-        "offset": 0.0,
-        "alpha_background": [255, 255, 255],
-        "resize": "center_crop",
-        "filter": "box_then_bicubic",
-    },
-)
+from service.engines import read_metadata  # noqa: E402
+from service.registry import find_versions  # noqa: E402
+
+# The preprocessing of every committed model, as its metadata declares it.
+SPECS = tuple(read_metadata(p)["preprocessing"] for p in find_versions(ROOT / "models").values())
 
 
 def _setup():
@@ -67,7 +49,7 @@ def check(data: bytes, _state: list = []) -> None:  # noqa: B006 (a lazily set m
     if not _state:
         _state.extend(_setup())
     images, api_error, limits = _state
-    spec = SPECS[len(data) % 2]
+    spec = SPECS[len(data) % len(SPECS)]
     try:
         arr = images.load(data, spec, limits)
     except api_error as exc:

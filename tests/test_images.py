@@ -11,27 +11,12 @@ from PIL import Image, ImageDraw
 from service import images
 from service.errors import TooLarge, UndecodableImage, UnsupportedMediaType
 from tests import corpus
+from training.recipes import MNIST, SCENES
 
 LIMITS = images.Limits()
-RGB = {
-    "color_mode": "rgb",
-    "height": 32,
-    "width": 32,
-    "scale": 1 / 255,
-    "offset": 0.0,
-    "alpha_background": [255, 255, 255],
-    "resize": "center_crop",
-}
-DIGIT = {
-    "color_mode": "grayscale",
-    "height": 32,
-    "width": 32,
-    "scale": 1 / 255,
-    "offset": 0.0,
-    "alpha_background": [255, 255, 255],
-    "resize": "mnist_digit",
-    "digit": {"box_size": 20, "canvas_size": 28, "ink": "bright_on_dark"},
-}
+# The specs as training exports them into each model's metadata.
+RGB = SCENES.preprocessing
+DIGIT = MNIST.preprocessing
 
 
 @pytest.fixture(scope="module", autouse=True)
