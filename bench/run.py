@@ -83,6 +83,8 @@ BASELINE_CASES = [
 TARGETS = {
     "service": {"app": None, "env": {}},
     "service+batching": {"app": None, "env": {"CONVNET_BATCHING": "1"}},
+    # The same service calling the SavedModel through TensorFlow instead of the LiteRT engine.
+    "service+tensorflow": {"app": None, "env": {"CONVNET_ENGINE": "tensorflow"}},
     "hello": {"app": "bench.baselines:hello()", "env": {}},
     "signature": {"app": "bench.baselines:signature()", "env": {}},
     "keras": {"app": "bench.baselines:keras_predict()", "env": {}},
