@@ -102,6 +102,8 @@ def decode(data: bytes, limits: Limits, draft_size: int | None = None) -> Image.
 
 def _exif_transpose(img: Image.Image) -> Image.Image:
     try:
+        if img.getexif().get(0x0112, 1) in (0, 1):  # no rotation: skip exif_transpose's copy
+            return img
         return ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise good image
         return img
