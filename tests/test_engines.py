@@ -38,3 +38,24 @@ def test_engine_cache_is_keyed_by_the_savedmodel(tmp_path, engine_files):
     again = engines.prepare({name: MODELS[name]}, engine_files[name].parent)
     assert again[name] == engine_files[name]  # cached: same file, no second conversion
     assert engines.engine_key(MODELS[name]) in engine_files[name].name
+
+
+def test_prepare_engines_command_uses_the_cache(engine_files):
+    """`convnet-service prepare-engines`, as the Dockerfile runs it at build time."""
+    import os
+    import subprocess
+    import sys
+
+    cache = next(iter(engine_files.values())).parent
+    env = {**os.environ, "CONVNET_ENGINE_CACHE": str(cache), "CONVNET_MODELS_DIR": str(MODELS_DIR)}
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "prepare-engines"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert {line.split(": ")[0]: line.split(": ")[1] for line in out.splitlines()} == {
+        name: str(path) for name, path in engine_files.items()
+    }
