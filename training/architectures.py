@@ -61,9 +61,9 @@ def scenes_net(num_classes: int = 4) -> keras.Model:
             *_conv_block(6, 128),
             layers.MaxPooling2D(2, name="pool3"),
             layers.Flatten(name="flatten"),
-            layers.Dropout(0.4, name="dropout1"),
+            layers.Dropout(0.25, name="dropout1"),
             layers.Dense(256, activation="relu", name="fc1"),
-            layers.Dropout(0.4, name="dropout2"),
+            layers.Dropout(0.25, name="dropout2"),
             layers.Dense(num_classes, name="fc2"),  # logits
             layers.Softmax(name="softmax"),
         ],

@@ -85,7 +85,7 @@ SCENES = Recipe(
     },
     build=lambda n: architectures.scenes_net(n),
     load=lambda d: data.load_scenes(d, SCENES_CLASSES),
-    epochs=35,
+    epochs=50,
     batch_size=128,
     learning_rate=2e-3,
     weight_decay=5e-4,
