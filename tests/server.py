@@ -18,6 +18,16 @@ CONFIG = ROOT / "service" / "gunicorn.conf.py"
 MODELS_DIR = Path(os.environ.get("CONVNET_TEST_MODELS_DIR", ROOT / "models"))
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`: nothing is left running."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

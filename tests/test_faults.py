@@ -26,7 +26,7 @@ import requests
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from tests import corpus
-from tests.server import ROOT, GunicornServer, free_port
+from tests.server import ROOT, GunicornServer, free_port, stop_process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -296,12 +296,7 @@ def nginx(tmp_path: Path, upstream: int):
             raise TimeoutError((tmp_path / "error.log").read_text())
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
 
 
 def test_slowloris_through_nginx(server, tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from tests.server import ROOT, GunicornServer, free_port
+from tests.server import ROOT, GunicornServer, free_port, stop_process
 from tests.test_metrics import DIGIT_PNG, MIX, post, send_mix
 
 PROMETHEUS = shutil.which("prometheus")
@@ -126,12 +126,7 @@ def prometheus(server: GunicornServer, tmp_path_factory) -> Iterator[Prometheus]
             time.sleep(0.2)
         yield prom
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
 
 
 def requests_by_labels(prom: Prometheus) -> dict[tuple[str, str, str], float]:
