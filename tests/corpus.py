@@ -56,8 +56,8 @@ def photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def with_orientation(img: Image.Image, orientation: int) -> bytes:
-    """A JPEG whose pixels are stored rotated, with the EXIF tag that undoes it (like a phone)."""
+def with_orientation(img: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
+    """An image whose pixels are stored rotated, with the EXIF tag that undoes it (like a phone)."""
     # Orientation tag value -> the transform the camera applied to the stored pixels.
     stored = {
         1: img,
@@ -67,7 +67,9 @@ def with_orientation(img: Image.Image, orientation: int) -> bytes:
     }[orientation]
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    if fmt == "TIFF":  # TIFF keeps the orientation as one of its own tags
+        return encode(stored, "TIFF", tiffinfo={0x0112: orientation})
+    return encode(stored, fmt, quality=95, exif=exif.tobytes())
 
 
 FORMATS = {

@@ -42,6 +42,23 @@ def test_exif_orientation_is_applied(orientation):
     assert rotated[1, 1, 0] > 0.8 and rotated[1, 1, 1] < 0.3  # the red block is back top-left
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_orientation_is_applied_in_every_container_that_carries_it(fmt):
+    rotated = images.load(corpus.with_orientation(corpus.photo(48, 48), 6, fmt), RGB, LIMITS)
+    assert rotated[1, 1, 0] > 0.8 and rotated[1, 1, 1] < 0.3
+
+
+def test_xmp_orientation_is_applied():
+    stored = corpus.photo(48, 48).transpose(Image.Transpose.ROTATE_90)
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    rotated = images.load(corpus.encode(stored, "JPEG", quality=95, xmp=xmp), RGB, LIMITS)
+    assert rotated[1, 1, 0] > 0.8 and rotated[1, 1, 1] < 0.3
+
+
 def test_transparent_png_is_composited_onto_white_not_black():
     img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
     ImageDraw.Draw(img).rectangle([10, 10, 29, 29], fill=(0, 0, 255, 255))
