@@ -15,8 +15,8 @@ from service.registry import Registry
 
 def _record_call(metrics: Metrics, model: str):
     def record(images: int, seconds: float) -> None:
-        metrics.inference.labels(model, "predict").observe(seconds)
-        metrics.batch_size.labels(model, "predict").observe(images)
+        metrics.child(metrics.inference, model, "predict").observe(seconds)
+        metrics.child(metrics.batch_size, model, "predict").observe(images)
 
     return record
 
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
 
     def loaded() -> None:
         for m in registry.models.values():
-            metrics.model_info.labels(m.name, str(m.version)).set(1)
+            metrics.child(metrics.model_info, m.name, str(m.version)).set(1)
             if settings.batching:
                 m.enable_batching(
                     settings.max_batch_size,

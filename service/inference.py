@@ -23,15 +23,15 @@ def prepare(
     for data in payloads:
         started = time.perf_counter()
         arrays.append(images.load(data, model.preprocessing, limits))
-        metrics.preprocess.labels(model.name).observe(time.perf_counter() - started)
+        metrics.child(metrics.preprocess, model.name).observe(time.perf_counter() - started)
     return np.stack(arrays)
 
 
 def _timed(metrics: Metrics, model: Model, signature: str, batch: np.ndarray, call):
     started = time.perf_counter()
     out = call()
-    metrics.inference.labels(model.name, signature).observe(time.perf_counter() - started)
-    metrics.batch_size.labels(model.name, signature).observe(len(batch))
+    metrics.child(metrics.inference, model.name, signature).observe(time.perf_counter() - started)
+    metrics.child(metrics.batch_size, model.name, signature).observe(len(batch))
     return out
 
 
@@ -41,8 +41,8 @@ def describe(model: Model, probabilities: np.ndarray, metrics: Metrics) -> list[
     for row in probabilities:
         top = int(row.argmax())
         label = model.classes[top]
-        metrics.predictions.labels(model.name, label).inc()
-        metrics.confidence.labels(model.name).observe(float(row[top]))
+        metrics.child(metrics.predictions, model.name, label).inc()
+        metrics.child(metrics.confidence, model.name).observe(float(row[top]))
         out.append(
             {
                 "label": label,

@@ -38,10 +38,10 @@ def init_app(app: Flask, metrics: Metrics) -> None:
         endpoint, model = _labels(app, on_disk)
         if endpoint != "/metrics":
             elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-            metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint, model).observe(elapsed)
+            metrics.child(metrics.requests, endpoint, model, str(response.status_code)).inc()
+            metrics.child(metrics.latency, endpoint, model).observe(elapsed)
             if request.content_length:
-                metrics.body_bytes.labels(endpoint).observe(request.content_length)
+                metrics.child(metrics.body_bytes, endpoint).observe(request.content_length)
         return response
 
     @app.teardown_request

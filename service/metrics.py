@@ -12,6 +12,7 @@ import os
 import resource
 import threading
 import time
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +23,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 # Sub-millisecond (a cached 404) to seconds (a 12 MP photo through the scenes net).
 LATENCY_BUCKETS = (
@@ -53,6 +55,9 @@ def multiprocess_dir() -> str | None:
 
 class Metrics:
     def __init__(self) -> None:
+        # Labelled children by (metric, label values). labels() validates and takes a lock on
+        # every call; the label sets are bounded (routes x models x classes), so is this.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.multiprocess = multiprocess_dir() is not None
         # In multiprocess mode metrics live in files, not in a registry; see `render`.
         self.registry = CollectorRegistry()
@@ -152,6 +157,14 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=reg,
         )
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once per label set."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def sample_process(self) -> None:
         """This worker's memory and CPU; ProcessCollector cannot cross processes."""

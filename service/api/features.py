@@ -14,7 +14,7 @@ def _one_image(endpoint: str, model):
     payloads = codecs.images_from_request(request, max_images=1)
     if len(payloads) != 1:
         raise BadRequest(f"{endpoint} takes exactly one image")
-    s.metrics.images.labels(endpoint, model.name).observe(1)
+    s.metrics.child(s.metrics.images, endpoint, model.name).observe(1)
     return inference.prepare(model, payloads, s.limits, s.metrics)
 
 

@@ -13,6 +13,6 @@ def predict(model: str):
     m = get_model(model)
     s = state()
     payloads = codecs.images_from_request(request, s.settings.max_batch)
-    s.metrics.images.labels("/predict/<model>", m.name).observe(len(payloads))
+    s.metrics.child(s.metrics.images, "/predict/<model>", m.name).observe(len(payloads))
     batch = inference.prepare(m, payloads, s.limits, s.metrics)
     return jsonify(inference.predict(m, batch, s.metrics))
