@@ -85,7 +85,15 @@ TARGETS = {
     "service+batching": {"app": None, "env": {"CONVNET_BATCHING": "1"}},
     # The same service calling the SavedModel through TensorFlow instead of the LiteRT engine.
     "service+tensorflow": {"app": None, "env": {"CONVNET_ENGINE": "tensorflow"}},
+    # Worker models: one request at a time per process, or 4 threads (Gunicorn's gthread).
+    "service+sync": {"app": None, "env": {"GUNICORN_WORKER_CLASS": "sync"}},
+    "service+gthread": {"app": None, "env": {"GUNICORN_WORKER_CLASS": "gthread"}},
     "hello": {"app": "bench.baselines:hello()", "env": {}},
+    "hello+sync": {"app": "bench.baselines:hello()", "env": {"GUNICORN_WORKER_CLASS": "sync"}},
+    "hello+gthread": {
+        "app": "bench.baselines:hello()",
+        "env": {"GUNICORN_WORKER_CLASS": "gthread"},
+    },
     "signature": {"app": "bench.baselines:signature()", "env": {}},
     "keras": {"app": "bench.baselines:keras_predict()", "env": {}},
 }
@@ -175,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--duration", type=int, default=10, help="seconds per cell (default: %(default)s)"
     )
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--path", default="", help="only cases whose path contains this")
     p.add_argument("--only", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench.json")
     args = p.parse_args(argv)
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             (t, c)
             for t in args.only
             for c in (SERVICE_CASES if t.startswith("service") else BASELINE_CASES)
-            if c.target == t.split("+")[0]
+            if c.target == t.split("+")[0] and args.path in c.path
         ]
         total = len(plan) * len(args.concurrency)
         rows, done = [], 0
