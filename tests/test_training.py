@@ -119,6 +119,26 @@ def test_scenes_net_keeps_relu_and_pool_as_named_layers():
     assert all(r["type"] != "batchnorm" or "bn" in r["name"] for r in table)
 
 
+def test_elastic_distortion_moves_ink_smoothly_and_keeps_it():
+    from training.train import elastic_distort
+
+    tf = pytest.importorskip("tensorflow")
+    images = np.zeros((8, 32, 32, 1), np.float32)
+    images[:, 8:24, 14:18] = 1.0  # a vertical bar, a "1"
+    x = tf.constant(images)
+    assert np.allclose(elastic_distort(x, 0.0, 4.0).numpy(), images)  # alpha 0: untouched
+    tf.random.set_seed(0)
+    out = elastic_distort(x, 34.0, 4.0).numpy()
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0 + 1e-6
+    # The bar moves (each image differently) but stays where it was, roughly, with its ink.
+    assert not np.allclose(out, images) and not np.allclose(out[0], out[1])
+    mass = out.sum(axis=(1, 2, 3))
+    assert (mass > 0.5 * images[0].sum()).all() and (mass < 1.5 * images[0].sum()).all()
+    cols = (out.sum(axis=(1, 3)) * np.arange(32)).sum(axis=1) / mass
+    assert np.abs(cols - 15.5).max() < 3  # the bar's centre moves by pixels, not across the image
+    assert (out[:, :4].sum() == 0) and (out[:, :, :6].sum() == 0)  # no ink from far away
+
+
 @pytest.mark.parametrize("recipe", [MNIST, SCENES], ids=lambda r: r.name)
 def test_exported_savedmodel_equals_keras(recipe, tmp_path):
     import keras

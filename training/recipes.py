@@ -31,6 +31,8 @@ class Recipe:
     weight_decay: float
     # Training-time augmentation only; nothing here is exported.
     augment: dict[str, float] = field(default_factory=dict)
+    # Export an exponential moving average of the weights instead of the last step's.
+    ema_momentum: float | None = None
     val_fraction: float = 0.1
 
 

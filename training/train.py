@@ -24,9 +24,52 @@ class TrainResult:
     training: dict
 
 
+def elastic_distort(images: tf.Tensor, alpha: float, sigma: float) -> tf.Tensor:
+    """Simard et al. (2003) elastic distortion of a batch of NHWC images.
+
+    Each pixel moves by a random field drawn uniform in [-1, 1], smoothed by a Gaussian of
+    `sigma` pixels and scaled by `alpha`; the image is resampled bilinearly, zeros outside.
+    """
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    radius = int(2 * sigma)
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    g = tf.exp(-(taps**2) / (2 * sigma**2))
+    g = g / tf.reduce_sum(g)
+    field = tf.random.uniform(tf.stack([b, h, w, 2]), -1.0, 1.0)
+    # Separable blur, the two displacement channels independently.
+    kx = tf.tile(tf.reshape(g, [1, -1, 1, 1]), [1, 1, 2, 1])
+    ky = tf.tile(tf.reshape(g, [-1, 1, 1, 1]), [1, 1, 2, 1])
+    field = tf.nn.depthwise_conv2d(field, kx, [1, 1, 1, 1], "SAME")
+    field = tf.nn.depthwise_conv2d(field, ky, [1, 1, 1, 1], "SAME") * alpha
+    yy, xx = tf.meshgrid(
+        tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij"
+    )
+    y = yy[None] + field[..., 0]
+    x = xx[None] + field[..., 1]
+    y0, x0 = tf.floor(y), tf.floor(x)
+    wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+    padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])  # zero border for out-of-range taps
+    batch = tf.broadcast_to(tf.range(b)[:, None, None], tf.stack([b, h, w]))
+
+    def tap(dy: float, dx: float) -> tf.Tensor:
+        yi = tf.clip_by_value(tf.cast(y0 + dy, tf.int32) + 1, 0, h + 1)
+        xi = tf.clip_by_value(tf.cast(x0 + dx, tf.int32) + 1, 0, w + 1)
+        return tf.gather_nd(padded, tf.stack([batch, yi, xi], axis=-1))
+
+    top = tap(0, 0) * (1 - wx) + tap(0, 1) * wx
+    bottom = tap(1, 0) * (1 - wx) + tap(1, 1) * wx
+    return top * (1 - wy) + bottom * wy
+
+
 def _augmenter(recipe: Recipe, seed: int) -> keras.Sequential:
     a = recipe.augment
     steps: list[keras.layers.Layer] = []
+    if a.get("elastic_alpha"):
+        alpha, sigma = a["elastic_alpha"], a["elastic_sigma"]
+        steps.append(
+            keras.layers.Lambda(lambda x: elastic_distort(x, alpha, sigma), name="elastic")
+        )
     if a.get("flip"):
         steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if a.get("rotation"):
@@ -99,7 +142,13 @@ def train(
     schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=steps)
     model = recipe.build(len(recipe.classes))
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay),
+        # With ema_momentum set, the exported weights are the moving average of the last steps'.
+        optimizer=keras.optimizers.AdamW(
+            schedule,
+            weight_decay=recipe.weight_decay,
+            use_ema=recipe.ema_momentum is not None,
+            ema_momentum=recipe.ema_momentum or 0.99,
+        ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -117,6 +166,7 @@ def train(
         "learning_rate": recipe.learning_rate,
         "weight_decay": recipe.weight_decay,
         "augmentation": recipe.augment,
+        "ema_momentum": recipe.ema_momentum,
         "train_samples": int(len(ds.y) - len(y_val)) if not max_batches else None,
         "validation_samples": len(y_val),
         "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}",

@@ -1,0 +1,60 @@
+"""The benchmark harness itself: one short real run, so `python -m bench.run` cannot rot.
+
+No figure is asserted (speed is shown by the benchmark, never by tests); only that every cell ran,
+every request succeeded, and the table holds what the README says it does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.server import ROOT
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(
+        shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+    ),
+]
+
+
+def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--duration",
+            "1",
+            "--concurrency",
+            "1",
+            "4",
+            "--only",
+            "hello",
+            "service",
+            "--path",
+            "/predict/mnist",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())
+    assert {(r["target"], r["concurrency"]) for r in rows} == {
+        (t, c) for t in ("hello", "service") for c in (1, 4)
+    }
+    for row in rows:
+        assert row["path"] == "/predict/mnist" and row["errors"] == 0, row
+        assert row["rps"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert len(row["worker_rss_mb"]) == 2 and all(rss > 0 for rss in row["worker_rss_mb"])
+    assert "req/s" in proc.stdout and "wrote" in proc.stdout
