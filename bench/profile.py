@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -56,9 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--env", nargs="*", default=[], help="KEY=VALUE settings for the service")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument(
+        "--gil",
+        action="store_true",
+        help="count only the thread holding the GIL: where Python spends CPU, without the "
+        "samples of threads waiting to get the GIL back",
+    )
     args = p.parse_args(argv)
-    if not shutil.which("py-spy"):
-        sys.exit("py-spy not found: pip install py-spy")
+    # Installed with `pip install -e ".[bench]"`: next to this interpreter, or on PATH.
+    py_spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+    if not py_spy:
+        sys.exit('py-spy not found: pip install -e ".[bench]"')
 
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp_name:
         tmp = Path(tmp_name)
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             load.start()
             subprocess.run(
                 [
-                    "py-spy",
+                    py_spy,
                     "record",
                     "--pid",
                     str(pid),
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--output",
                     str(out),
                     "--nonblocking",
+                    *(["--gil"] if args.gil else []),
                 ],
                 check=True,
                 capture_output=True,
