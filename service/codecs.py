@@ -92,7 +92,8 @@ def encode_array(arr: np.ndarray, encoding: str) -> dict[str, Any]:
     arr = np.asarray(arr, dtype=np.float32)
     out: dict[str, Any] = {"shape": list(arr.shape), "encoding": encoding}
     if encoding == "json":
-        out["data"] = np.round(arr, 6).tolist()
+        # Rounded in float64: a float32 rounded to 6 decimals still prints 17 digits.
+        out["data"] = np.round(arr.astype(np.float64), 6).tolist()
     elif encoding == "base64":
         out["dtype"] = "float32"
         out["byteorder"] = "little"
