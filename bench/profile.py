@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
         env = dict(kv.split("=", 1) for kv in args.env)
-        server = GunicornServer(tmp=tmp, workers=1, threads=4, env=env).start()
+        server = GunicornServer(tmp=tmp, workers=1, env=env).start()
         try:
             (pid,) = server.worker_pids()
             out = tmp / "stacks.txt"

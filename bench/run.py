@@ -85,11 +85,9 @@ TARGETS = {
     "service+batching": {"app": None, "env": {"CONVNET_BATCHING": "1"}},
     # The same service calling the SavedModel through TensorFlow instead of the LiteRT engine.
     "service+tensorflow": {"app": None, "env": {"CONVNET_ENGINE": "tensorflow"}},
-    # Worker models: one request at a time per process, or 4 threads (Gunicorn's gthread).
-    "service+sync": {"app": None, "env": {"GUNICORN_WORKER_CLASS": "sync"}},
+    # The other worker model: 4 threads per process (Gunicorn's gthread) instead of sync.
     "service+gthread": {"app": None, "env": {"GUNICORN_WORKER_CLASS": "gthread"}},
     "hello": {"app": "bench.baselines:hello()", "env": {}},
-    "hello+sync": {"app": "bench.baselines:hello()", "env": {"GUNICORN_WORKER_CLASS": "sync"}},
     "hello+gthread": {
         "app": "bench.baselines:hello()",
         "env": {"GUNICORN_WORKER_CLASS": "gthread"},

@@ -20,7 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: one per CPU core)"
     )
-    serve.add_argument("--threads", type=int, default=None, help="threads per worker (default: 4)")
+    serve.add_argument(
+        "--worker-class",
+        choices=["sync", "gthread"],
+        default=None,
+        help="sync: one request at a time per worker, behind a buffering proxy (default); "
+        "gthread: threads per worker (the default with CONVNET_BATCHING=1)",
+    )
+    serve.add_argument(
+        "--threads", type=int, default=None, help="threads per gthread worker (default: 4)"
+    )
     serve.add_argument(
         "--models-dir",
         type=Path,
@@ -48,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["GUNICORN_BIND"] = args.bind
     if args.workers:
         os.environ["GUNICORN_WORKERS"] = str(args.workers)
+    if args.worker_class:
+        os.environ["GUNICORN_WORKER_CLASS"] = args.worker_class
     if args.threads:
         os.environ["GUNICORN_THREADS"] = str(args.threads)
     if args.models_dir:

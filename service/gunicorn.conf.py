@@ -14,9 +14,16 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # TensorFlow is not fork-safe: every worker imports the app and loads the models after the fork.
 preload_app = False
 workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 1))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# sync: one request at a time per process; the kernel queues the rest in FIFO order. For this
+# CPU-bound work it measured the same throughput as gthread with a far lower p99 (README,
+# Performance). Like every sync server it wants a buffering proxy in front against slow clients
+# (deploy/nginx). Adaptive batching groups concurrent requests inside a worker, so it takes threads.
+_batching = os.environ.get("CONVNET_BATCHING", "").lower() in ("1", "true", "yes", "on")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or ("gthread" if _batching else "sync")
+# Threads per gthread worker. Gunicorn turns a sync worker with more than one thread into gthread.
+threads = int(os.environ.get("GUNICORN_THREADS") or (4 if worker_class == "gthread" else 1))
+# A sync worker is silent to the master while it serves: the first Grad-CAM loads TensorFlow.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))

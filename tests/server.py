@@ -40,7 +40,7 @@ class GunicornServer:
 
     tmp: Path
     workers: int = 2
-    threads: int = 4
+    threads: int | None = None  # None: the config's default for its worker class
     env: dict[str, str] = field(default_factory=dict)
     # Another WSGI app under the same config (the benchmark's baselines), e.g. "bench.baselines:hello()"
     app: str | None = None
@@ -60,7 +60,7 @@ class GunicornServer:
             **os.environ,
             "GUNICORN_BIND": f"127.0.0.1:{self.port}",
             "GUNICORN_WORKERS": str(self.workers),
-            "GUNICORN_THREADS": str(self.threads),
+            **({"GUNICORN_THREADS": str(self.threads)} if self.threads else {}),
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
             "CONVNET_MODELS_DIR": str(MODELS_DIR),
             "TF_CPP_MIN_LOG_LEVEL": "2",
