@@ -133,18 +133,22 @@ def prepare(model_paths: dict[str, Path], cache_dir: Path, timeout: float = 600)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(cache_dir) / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time, across processes
-        for name, target in missing.items():
-            if not target.exists():  # another process may have converted it meanwhile
-                subprocess.run(
-                    [sys.executable, "-m", "service.engines", str(model_paths[name]), str(target)],
-                    check=True,
-                    timeout=timeout,
-                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
+        # Another process may have converted some meanwhile. One subprocess converts the rest:
+        # importing TensorFlow is most of the time a conversion takes.
+        pairs = [(str(model_paths[n]), str(t)) for n, t in missing.items() if not t.exists()]
+        if pairs:
+            subprocess.run(
+                [sys.executable, "-m", "service.engines", *(arg for pair in pairs for arg in pair)],
+                check=True,
+                timeout=timeout,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
     return targets
 
 
-if __name__ == "__main__":  # python -m service.engines SAVEDMODEL OUT.tflite
-    convert(Path(sys.argv[1]), Path(sys.argv[2]))
+if __name__ == "__main__":  # python -m service.engines SAVEDMODEL OUT.tflite [SAVEDMODEL OUT ...]
+    args = sys.argv[1:]
+    for model_path, out in zip(args[::2], args[1::2], strict=True):
+        convert(Path(model_path), Path(out))
