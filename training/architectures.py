@@ -10,7 +10,7 @@ import keras
 from keras import layers
 
 
-def lenet(num_classes: int = 10) -> keras.Model:
+def lenet(num_classes: int = 10, dropout: float = 0.1) -> keras.Model:
     """LeNet-5 as in the seed figure: 32x32x1 -> 6@28x28 -> 6@14x14 -> 16@10x10 -> 16@5x5 -> 120 -> 100 -> 10."""
     return keras.Sequential(
         [
@@ -23,9 +23,9 @@ def lenet(num_classes: int = 10) -> keras.Model:
             layers.MaxPooling2D(2, strides=2, name="pool2"),  # 5x5x16
             layers.Flatten(name="flatten"),  # 400
             layers.Dense(120, activation="relu", name="fc1"),
-            layers.Dropout(0.1, name="dropout1"),
+            layers.Dropout(dropout, name="dropout1"),
             layers.Dense(100, activation="relu", name="fc2"),
-            layers.Dropout(0.1, name="dropout2"),
+            layers.Dropout(dropout, name="dropout2"),
             layers.Dense(num_classes, name="fc3"),  # logits
             layers.Softmax(name="softmax"),
         ],

@@ -33,6 +33,7 @@ class Recipe:
     augment: dict[str, float] = field(default_factory=dict)
     # Export an exponential moving average of the weights instead of the last step's.
     ema_momentum: float | None = None
+    optimizer: str = "adamw"  # or "sgd": Nesterov momentum 0.9; both with cosine decay
     val_fraction: float = 0.1
 
 

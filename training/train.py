@@ -127,6 +127,20 @@ def evaluate(model: keras.Model, x_val: np.ndarray, y_val: np.ndarray, classes: 
     }
 
 
+def _optimizer(recipe: Recipe, schedule) -> keras.optimizers.Optimizer:
+    # With ema_momentum set, the exported weights are the moving average of the last steps'.
+    common = {
+        "weight_decay": recipe.weight_decay,
+        "use_ema": recipe.ema_momentum is not None,
+        "ema_momentum": recipe.ema_momentum or 0.99,
+    }
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, **common)
+    if recipe.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, **common)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
 def train(
     recipe: Recipe,
     data_dir: Path,
@@ -142,13 +156,7 @@ def train(
     schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=steps)
     model = recipe.build(len(recipe.classes))
     model.compile(
-        # With ema_momentum set, the exported weights are the moving average of the last steps'.
-        optimizer=keras.optimizers.AdamW(
-            schedule,
-            weight_decay=recipe.weight_decay,
-            use_ema=recipe.ema_momentum is not None,
-            ema_momentum=recipe.ema_momentum or 0.99,
-        ),
+        optimizer=_optimizer(recipe, schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -167,6 +175,7 @@ def train(
         "weight_decay": recipe.weight_decay,
         "augmentation": recipe.augment,
         "ema_momentum": recipe.ema_momentum,
+        "optimizer": recipe.optimizer,
         "train_samples": int(len(ds.y) - len(y_val)) if not max_batches else None,
         "validation_samples": len(y_val),
         "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}",
