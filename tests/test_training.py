@@ -139,6 +139,25 @@ def test_elastic_distortion_moves_ink_smoothly_and_keeps_it():
     assert (out[:, :4].sum() == 0) and (out[:, :, :6].sum() == 0)  # no ink from far away
 
 
+def test_distillation_loss_blends_labels_and_the_teachers_softened_outputs():
+    tf = pytest.importorskip("tensorflow")
+    from training.train import distillation_loss, label_accuracy
+
+    probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    labels = np.array([[0.0], [2.0]], np.float32)
+    teacher_agrees = np.log(probs.numpy())  # logits whose softmax is the student's output
+    y_true = tf.constant(np.concatenate([labels, teacher_agrees], axis=1))
+    ce = -np.log([0.7, 0.8])
+    # alpha 1: the labels' cross-entropy alone
+    assert np.allclose(distillation_loss(1.0, 4.0)(y_true, probs).numpy(), ce, atol=1e-5)
+    # alpha 0: least when the student's softened output is the teacher's
+    teacher_disagrees = tf.constant(np.concatenate([labels, teacher_agrees[:, ::-1]], axis=1))
+    same = distillation_loss(0.0, 4.0)(y_true, probs).numpy()
+    other = distillation_loss(0.0, 4.0)(teacher_disagrees, probs).numpy()
+    assert (same < other).all()
+    assert label_accuracy(y_true, probs).numpy().tolist() == [1.0, 1.0]
+
+
 @pytest.mark.parametrize("recipe", [MNIST, SCENES], ids=lambda r: r.name)
 def test_exported_savedmodel_equals_keras(recipe, tmp_path):
     import keras

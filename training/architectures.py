@@ -69,3 +69,27 @@ def scenes_net(num_classes: int = 4) -> keras.Model:
         ],
         name="scenes_net",
     )
+
+
+def mnist_teacher(num_classes: int = 10) -> keras.Model:
+    """A wider ConvNet that only teaches LeNet in training (knowledge distillation); never exported.
+
+    32x32x1 -> 16@32x32 (x2) -> pool -> 32@16x16 (x2) -> pool -> 256 -> 10 logits.
+    """
+    return keras.Sequential(
+        [
+            keras.Input(shape=(32, 32, 1), name="image"),
+            *_conv_block(1, 16),
+            *_conv_block(2, 16),
+            layers.MaxPooling2D(2, name="pool1"),
+            *_conv_block(3, 32),
+            *_conv_block(4, 32),
+            layers.MaxPooling2D(2, name="pool2"),
+            layers.Flatten(name="flatten"),
+            layers.Dropout(0.3, name="dropout1"),
+            layers.Dense(256, activation="relu", name="fc1"),
+            layers.Dropout(0.3, name="dropout2"),
+            layers.Dense(num_classes, name="logits"),
+        ],
+        name="mnist_teacher",
+    )

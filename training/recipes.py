@@ -34,6 +34,13 @@ class Recipe:
     # Export an exponential moving average of the weights instead of the last step's.
     ema_momentum: float | None = None
     optimizer: str = "adamw"  # or "sgd": Nesterov momentum 0.9; both with cosine decay
+    # Knowledge distillation (Hinton et al. 2015): a wider teacher is trained first on the same
+    # split, and the model learns from its softened outputs as well as from the labels. The
+    # exported model is the student alone, with the recipe's architecture unchanged.
+    teacher: Callable[[int], keras.Model] | None = None
+    teacher_epochs: int = 0
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5  # weight of the labels' loss; 1 - alpha on the teacher's
     val_fraction: float = 0.1
 
 

@@ -89,25 +89,104 @@ def _scale(x: np.ndarray | tf.Tensor, recipe: Recipe) -> tf.Tensor:
     return tf.cast(x, tf.float32) * p["scale"] + p["offset"]
 
 
-def make_datasets(
+def split(
     recipe: Recipe, ds: data.Dataset, seed: int, max_batches: int | None
-) -> tuple[tf.data.Dataset, tf.data.Dataset, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     train_idx, val_idx = data.stratified_split(ds.y, recipe.val_fraction, seed)
     if max_batches:  # smoke runs: a few batches end to end
         train_idx = train_idx[: max_batches * recipe.batch_size]
         val_idx = val_idx[: max_batches * recipe.batch_size]
+    return train_idx, val_idx
+
+
+def make_datasets(
+    recipe: Recipe,
+    ds: data.Dataset,
+    seed: int,
+    max_batches: int | None,
+    targets: np.ndarray | None = None,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, np.ndarray, np.ndarray]:
+    """The seeded split as datasets. `targets` (one row per image) replaces the labels as what the
+    model is fitted to; the returned y_val is always the labels."""
+    train_idx, val_idx = split(recipe, ds, seed, max_batches)
+    fit_to = ds.y if targets is None else targets
     x_val = _scale(ds.x[val_idx], recipe).numpy()
     y_val = ds.y[val_idx]
     augment = _augmenter(recipe, seed)
     train = (
-        tf.data.Dataset.from_tensor_slices((ds.x[train_idx], ds.y[train_idx]))
+        tf.data.Dataset.from_tensor_slices((ds.x[train_idx], fit_to[train_idx]))
         .shuffle(len(train_idx), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size)
         .map(lambda x, y: (augment(_scale(x, recipe), training=True), y))
         .prefetch(tf.data.AUTOTUNE)
     )
-    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(512)
+    val = tf.data.Dataset.from_tensor_slices((x_val, fit_to[val_idx])).batch(512)
     return train, val, x_val, y_val
+
+
+def distillation_loss(alpha: float, temperature: float):
+    """Labels' cross-entropy (weight alpha) plus cross-entropy to the teacher's softened outputs
+    (weight 1 - alpha, scaled by T^2 as in Hinton et al.). y_true rows: label, teacher logits.
+
+    The model ends in a softmax, so its logits are recovered as log-probabilities: softmax is
+    unchanged by the constant that separates the two.
+    """
+
+    def loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        labels = tf.cast(y_true[:, 0], tf.int32)
+        hard = keras.losses.sparse_categorical_crossentropy(labels, y_pred)
+        log_p = tf.math.log(tf.clip_by_value(y_pred, 1e-12, 1.0))
+        teacher = tf.nn.softmax(y_true[:, 1:] / temperature)
+        soft = -tf.reduce_sum(teacher * tf.nn.log_softmax(log_p / temperature), axis=-1)
+        return alpha * hard + (1 - alpha) * temperature**2 * soft
+
+    return loss
+
+
+def label_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Accuracy against the label in column 0 of distillation targets."""
+    labels = tf.cast(y_true[:, 0], tf.int64)
+    return tf.cast(tf.equal(tf.argmax(y_pred, axis=-1), labels), tf.float32)
+
+
+def _fit(
+    model: keras.Model, recipe: Recipe, train_ds, val_ds, epochs: int, loss, metric
+) -> keras.callbacks.History:
+    steps = max(1, int(train_ds.cardinality().numpy())) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=steps)
+    model.compile(optimizer=_optimizer(recipe, schedule), loss=loss, metrics=[metric])
+    # A live progress bar on a terminal; one line per epoch in a log file.
+    return model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2
+    )
+
+
+def teach(
+    recipe: Recipe, ds: data.Dataset, seed: int, max_batches: int | None
+) -> tuple[np.ndarray, dict]:
+    """Train the recipe's teacher on the same split; its logits for every image, and its figures."""
+    train_ds, val_ds, x_val, y_val = make_datasets(recipe, ds, seed, max_batches)
+    teacher = recipe.teacher(len(recipe.classes))
+    print(f"teacher {teacher.name}: {recipe.teacher_epochs} epochs", flush=True)
+    started = time.monotonic()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    _fit(teacher, recipe, train_ds, val_ds, recipe.teacher_epochs, loss, "accuracy")
+    wall = time.monotonic() - started
+    used = np.concatenate(split(recipe, ds, seed, max_batches))
+    logits = np.zeros((len(ds.y), len(recipe.classes)), np.float32)
+    logits[used] = teacher.predict(_scale(ds.x[used], recipe), batch_size=1024, verbose=0)
+    val_logits = teacher.predict(x_val, batch_size=1024, verbose=0)
+    figures = {
+        "architecture": teacher.name,
+        "parameters": int(teacher.count_params()),
+        "epochs": recipe.teacher_epochs,
+        "validation_accuracy": float((val_logits.argmax(axis=1) == y_val).mean()),
+        "wall_time_seconds": round(wall, 1),
+        "temperature": recipe.distill_temperature,
+        "alpha": recipe.distill_alpha,
+    }
+    print(f"teacher validation accuracy {figures['validation_accuracy']:.4f}", flush=True)
+    return logits, figures
 
 
 def evaluate(model: keras.Model, x_val: np.ndarray, y_val: np.ndarray, classes: list[str]) -> dict:
@@ -150,21 +229,19 @@ def train(
 ) -> TrainResult:
     keras.utils.set_random_seed(seed)
     ds = recipe.load(data_dir)
-    train_ds, val_ds, x_val, y_val = make_datasets(recipe, ds, seed, max_batches)
     epochs = epochs or recipe.epochs
-    steps = max(1, int(train_ds.cardinality().numpy())) * epochs
-    schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=steps)
-    model = recipe.build(len(recipe.classes))
-    model.compile(
-        optimizer=_optimizer(recipe, schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     started = time.monotonic()
-    # A live progress bar on a terminal; one line per epoch in a log file.
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2
-    )
+    teacher = None
+    if recipe.teacher is not None and recipe.teacher_epochs:
+        logits, teacher = teach(recipe, ds, seed, max_batches)
+        targets = np.concatenate([ds.y[:, None].astype(np.float32), logits], axis=1)
+        loss = distillation_loss(recipe.distill_alpha, recipe.distill_temperature)
+        metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
+    else:
+        targets, loss, metric = None, "sparse_categorical_crossentropy", "accuracy"
+    train_ds, val_ds, x_val, y_val = make_datasets(recipe, ds, seed, max_batches, targets)
+    model = recipe.build(len(recipe.classes))
+    history = _fit(model, recipe, train_ds, val_ds, epochs, loss, metric)
     wall = time.monotonic() - started
     evaluation = evaluate(model, x_val, y_val, recipe.classes)
     training = {
@@ -176,6 +253,7 @@ def train(
         "augmentation": recipe.augment,
         "ema_momentum": recipe.ema_momentum,
         "optimizer": recipe.optimizer,
+        "distilled_from": teacher,
         "train_samples": int(len(ds.y) - len(y_val)) if not max_batches else None,
         "validation_samples": len(y_val),
         "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}",
