@@ -9,6 +9,8 @@ import os
 import shutil
 import tempfile
 
+from service.config import Settings
+
 wsgi_app = "service.app:create_app()"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # TensorFlow is not fork-safe: every worker imports the app and loads the models after the fork.
@@ -18,8 +20,9 @@ workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 1))
 # CPU-bound work it measured the same throughput as gthread with a far lower p99 (README,
 # Performance). Like every sync server it wants a buffering proxy in front against slow clients
 # (deploy/nginx). Adaptive batching groups concurrent requests inside a worker, so it takes threads.
-_batching = os.environ.get("CONVNET_BATCHING", "").lower() in ("1", "true", "yes", "on")
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or ("gthread" if _batching else "sync")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or (
+    "gthread" if Settings.from_env().batching else "sync"
+)
 # Threads per gthread worker. Gunicorn turns a sync worker with more than one thread into gthread.
 threads = int(os.environ.get("GUNICORN_THREADS") or (4 if worker_class == "gthread" else 1))
 # A sync worker is silent to the master while it serves: the first Grad-CAM loads TensorFlow.
@@ -60,7 +63,6 @@ def _prepare_engines(server):
     # Convert each SavedModel to its LiteRT engine once, here in the master before the fork, so
     # that workers start fast and never import TensorFlow (see service/engines.py). Workers redo
     # any conversion that fails here, and /readyz reports what went wrong.
-    from service.config import Settings
     from service.engines import prepare
     from service.registry import find_versions
 

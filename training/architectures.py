@@ -42,33 +42,42 @@ def _conv_block(i: int, filters: int) -> list[layers.Layer]:
     ]
 
 
+def _vgg(
+    name: str,
+    input_shape: tuple[int, int, int],
+    widths: tuple[int, ...],
+    num_classes: int,
+    dropout: float,
+    softmax: bool,
+) -> keras.Model:
+    """Blocks of two 3x3 convs (conv, bn, relu) and a 2x2 max-pool per width, then FC 256 and
+    the class layer `fc2` (logits), with a `softmax` layer when the net is served."""
+    stack: list[layers.Layer] = [keras.Input(shape=input_shape, name="image")]
+    for block, filters in enumerate(widths, start=1):
+        stack += [
+            *_conv_block(2 * block - 1, filters),
+            *_conv_block(2 * block, filters),
+            layers.MaxPooling2D(2, name=f"pool{block}"),
+        ]
+    stack += [
+        layers.Flatten(name="flatten"),
+        layers.Dropout(dropout, name="dropout1"),
+        layers.Dense(256, activation="relu", name="fc1"),
+        layers.Dropout(dropout, name="dropout2"),
+        layers.Dense(num_classes, name="fc2"),  # logits
+    ]
+    if softmax:
+        stack.append(layers.Softmax(name="softmax"))
+    return keras.Sequential(stack, name=name)
+
+
 def scenes_net(num_classes: int = 4) -> keras.Model:
     """A small VGG-style net: three blocks of two 3x3 convs and a 2x2 max-pool, then two FC layers.
 
     32x32x3 -> 32@32x32 (x2) -> pool 16x16 -> 64@16x16 (x2) -> pool 8x8 -> 128@8x8 (x2) -> pool 4x4
     -> 256 -> 4.
     """
-    return keras.Sequential(
-        [
-            keras.Input(shape=(32, 32, 3), name="image"),
-            *_conv_block(1, 32),
-            *_conv_block(2, 32),
-            layers.MaxPooling2D(2, name="pool1"),
-            *_conv_block(3, 64),
-            *_conv_block(4, 64),
-            layers.MaxPooling2D(2, name="pool2"),
-            *_conv_block(5, 128),
-            *_conv_block(6, 128),
-            layers.MaxPooling2D(2, name="pool3"),
-            layers.Flatten(name="flatten"),
-            layers.Dropout(0.25, name="dropout1"),
-            layers.Dense(256, activation="relu", name="fc1"),
-            layers.Dropout(0.25, name="dropout2"),
-            layers.Dense(num_classes, name="fc2"),  # logits
-            layers.Softmax(name="softmax"),
-        ],
-        name="scenes_net",
-    )
+    return _vgg("scenes_net", (32, 32, 3), (32, 64, 128), num_classes, 0.25, softmax=True)
 
 
 def mnist_teacher(num_classes: int = 10) -> keras.Model:
@@ -76,20 +85,4 @@ def mnist_teacher(num_classes: int = 10) -> keras.Model:
 
     32x32x1 -> 16@32x32 (x2) -> pool -> 32@16x16 (x2) -> pool -> 256 -> 10 logits.
     """
-    return keras.Sequential(
-        [
-            keras.Input(shape=(32, 32, 1), name="image"),
-            *_conv_block(1, 16),
-            *_conv_block(2, 16),
-            layers.MaxPooling2D(2, name="pool1"),
-            *_conv_block(3, 32),
-            *_conv_block(4, 32),
-            layers.MaxPooling2D(2, name="pool2"),
-            layers.Flatten(name="flatten"),
-            layers.Dropout(0.3, name="dropout1"),
-            layers.Dense(256, activation="relu", name="fc1"),
-            layers.Dropout(0.3, name="dropout2"),
-            layers.Dense(num_classes, name="logits"),
-        ],
-        name="mnist_teacher",
-    )
+    return _vgg("mnist_teacher", (32, 32, 1), (16, 32), num_classes, 0.3, softmax=False)
