@@ -139,6 +139,24 @@ def test_elastic_distortion_moves_ink_smoothly_and_keeps_it():
     assert (out[:, :4].sum() == 0) and (out[:, :, :6].sum() == 0)  # no ink from far away
 
 
+def test_clean_fraction_leaves_that_share_of_images_unaugmented():
+    import dataclasses
+
+    tf = pytest.importorskip("tensorflow")
+    from training.train import _augment_fn
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (400, 32, 32, 1), dtype=np.uint8)
+    scaled = images.astype(np.float32) / 255
+    strong = {"translation": 0.2}  # every augmented image moves by some pixels
+    tf.random.set_seed(0)
+    for clean, low, high in ((0.0, 0, 0), (0.5, 150, 250), (1.0, 400, 400)):
+        recipe = dataclasses.replace(MNIST, augment={**strong, "clean_fraction": clean})
+        out = _augment_fn(recipe, seed=1)(tf.constant(images)).numpy()
+        untouched = int(np.all(np.isclose(out, scaled), axis=(1, 2, 3)).sum())
+        assert low <= untouched <= high, (clean, untouched)
+
+
 def test_distillation_loss_blends_labels_and_the_teachers_softened_outputs():
     tf = pytest.importorskip("tensorflow")
     from training.train import distillation_loss, label_accuracy

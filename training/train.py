@@ -84,6 +84,23 @@ def _augmenter(recipe: Recipe, seed: int) -> keras.Sequential:
     return keras.Sequential(steps, name="augment")
 
 
+def _augment_fn(recipe: Recipe, seed: int):
+    """Scale a uint8 batch and augment it; `clean_fraction` of the images stay as they are, so
+    the model also sees images exactly as they will be served."""
+    augment = _augmenter(recipe, seed)
+    clean = recipe.augment.get("clean_fraction", 0.0)
+
+    def fn(x: tf.Tensor) -> tf.Tensor:
+        x = _scale(x, recipe)
+        out = augment(x, training=True)
+        if clean:
+            keep = tf.random.uniform(tf.stack([tf.shape(x)[0], 1, 1, 1])) < clean
+            out = tf.where(keep, x, out)
+        return out
+
+    return fn
+
+
 def _scale(x: np.ndarray | tf.Tensor, recipe: Recipe) -> tf.Tensor:
     p = recipe.preprocessing
     return tf.cast(x, tf.float32) * p["scale"] + p["offset"]
@@ -112,12 +129,12 @@ def make_datasets(
     fit_to = ds.y if targets is None else targets
     x_val = _scale(ds.x[val_idx], recipe).numpy()
     y_val = ds.y[val_idx]
-    augment = _augmenter(recipe, seed)
+    augment = _augment_fn(recipe, seed)
     train = (
         tf.data.Dataset.from_tensor_slices((ds.x[train_idx], fit_to[train_idx]))
         .shuffle(len(train_idx), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size)
-        .map(lambda x, y: (augment(_scale(x, recipe), training=True), y))
+        .map(lambda x, y: (augment(x), y))
         .prefetch(tf.data.AUTOTUNE)
     )
     val = tf.data.Dataset.from_tensor_slices((x_val, fit_to[val_idx])).batch(512)
