@@ -97,7 +97,8 @@ def encode_array(arr: np.ndarray, encoding: str) -> dict[str, Any]:
     elif encoding == "base64":
         out["dtype"] = "float32"
         out["byteorder"] = "little"
-        out["data"] = base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")
+        # The buffer itself, no copy unless the bytes need reordering (tobytes() would copy).
+        out["data"] = base64.b64encode(np.ascontiguousarray(arr, "<f4")).decode("ascii")
     elif encoding == "png":
         grid, (rows, cols) = feature_grid(arr)
         out["min"], out["max"] = float(arr.min()), float(arr.max())

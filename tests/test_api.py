@@ -41,6 +41,19 @@ def test_base64_features_decode_to_the_json_numbers(client):
     np.testing.assert_allclose(arr, np.array(as_json["layers"][0]["data"]), atol=1e-6)
 
 
+def test_json_responses_keep_order_and_stay_valid_json(client):
+    import json
+
+    app = client.application
+    with app.test_request_context():
+        r = app.json.response({"z": np.float32(0.5), "a": [1, 2], "nan": float("nan"), 3: "é"})
+    assert r.mimetype == "application/json" and r.data.endswith(b"}\n")
+    # Insertion order (class order, layer order) kept; NaN becomes null, never the invalid NaN.
+    assert list(json.loads(r.data)) == ["z", "a", "nan", "3"]
+    assert json.loads(r.data) == {"z": 0.5, "a": [1, 2], "nan": None, "3": "é"}
+    assert app.json.loads(app.json.dumps({"b": 1, "a": 2})) == {"b": 1, "a": 2}
+
+
 @pytest.mark.parametrize(
     ("body", "mime", "status"),
     [

@@ -119,6 +119,15 @@ def test_scenes_net_keeps_relu_and_pool_as_named_layers():
     assert all(r["type"] != "batchnorm" or "bn" in r["name"] for r in table)
 
 
+def test_scenes_net_widths_set_each_blocks_filters():
+    from training.architectures import scenes_net
+    from training.export import layer_table
+
+    filters = {r["name"]: r["output_shape"][-1] for r in layer_table(scenes_net(4, (16, 32, 64)))}
+    assert [filters[f"conv{i}"] for i in range(1, 7)] == [16, 16, 32, 32, 64, 64]
+    assert filters["pool3"] == 64 and filters["flatten"] == 4 * 4 * 64
+
+
 def test_elastic_distortion_moves_ink_smoothly_and_keeps_it():
     from training.train import elastic_distort
 
