@@ -120,7 +120,8 @@ def test_large_jpeg_photo_is_resized_with_antialiasing():
 )
 def test_drafted_jpeg_decode_matches_a_full_decode(spec, size):
     # DCT scaling decodes a big JPEG at 1/2..1/8 size; the model must barely see the difference.
-    # Measured: 1024x768 max 1/255 (mean 0.13/255); 12 MP 4/255; the digit (8x) 5/255, at 4x it would be 34/255.
+    # Measured: 1024x768 max 1/255 (mean 0.13/255); 12 MP 4/255; the digit (8x) 5/255, where 4x
+    # would give 34/255.
     if spec["resize"] == "mnist_digit":
         img = corpus.digit(4, size=size[1]).convert("RGB")
     else:
