@@ -78,7 +78,7 @@ def scenes_net(
 
     32x32x3 -> 32@32x32 (x2) -> pool 16x16 -> 64@16x16 (x2) -> pool 8x8 -> 128@8x8 (x2) -> pool 4x4
     -> 256 -> 4. `widths` sets the three blocks' filters: a conv's cost grows with the square of
-    its width, so halving them makes the net about 4x cheaper to run (README, Training).
+    its width, so halving them made the net 3.5x cheaper to run, and less accurate (README).
     """
     return _vgg("scenes_net", (32, 32, 3), widths, num_classes, dropout, softmax=True)
 
