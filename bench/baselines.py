@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify, request
 from PIL import Image
 
-MODEL_PATH = os.environ.get("BENCH_MODEL_PATH", "models/mnist/1")
+
+def _model_path() -> str:
+    """BENCH_MODEL_PATH, or the newest mnist version the service itself would serve."""
+    from service.registry import find_versions
+
+    return os.environ.get("BENCH_MODEL_PATH") or str(find_versions(Path("models"))["mnist"])
 
 
 def _mnist_input() -> np.ndarray:
@@ -39,7 +45,7 @@ def hello() -> Flask:
 def signature() -> Flask:
     import tensorflow as tf
 
-    predict = tf.saved_model.load(MODEL_PATH).signatures["serving_default"]
+    predict = tf.saved_model.load(_model_path()).signatures["serving_default"]
     app = Flask("signature")
 
     @app.post("/<path:anything>")
@@ -53,7 +59,9 @@ def signature() -> Flask:
 def keras_predict() -> Flask:
     import keras
 
-    model = keras.Sequential([keras.layers.TFSMLayer(MODEL_PATH, call_endpoint="serving_default")])
+    model = keras.Sequential(
+        [keras.layers.TFSMLayer(_model_path(), call_endpoint="serving_default")]
+    )
     app = Flask("keras")
 
     @app.post("/<path:anything>")

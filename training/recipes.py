@@ -68,12 +68,14 @@ MNIST = Recipe(
     },
     build=lambda n: architectures.lenet(n),
     load=data.load_mnist,
-    epochs=30,
+    # Long: on the same split, 30 epochs reached 99.18 %, 80 epochs 99.27 %, 150 epochs 99.28 %.
+    epochs=150,
     batch_size=128,
     learning_rate=3e-3,
     weight_decay=5e-5,
-    # Mild: +-2 px shifts and +-7 degrees; LeNet-5 is small, more augmentation underfits it.
-    augment={"rotation": 0.02, "translation": 0.06},
+    # Mild: +-2 px shifts and +-7 degrees on half of each batch; LeNet-5 is small, and more
+    # augmentation (or augmenting every image) underfits it.
+    augment={"rotation": 0.02, "translation": 0.06, "clean_fraction": 0.5},
 )
 
 SCENES = Recipe(
