@@ -140,10 +140,41 @@ def _json_write_error(sock, status_int, reason, mesg):
     util.write_nonblock(sock, head + body)
 
 
+def _close_after_response(linger):
+    """Gunicorn's close, without waiting for the client to hang up when nothing is left unread.
+
+    Gunicorn's `close_graceful` half-closes, then reads until the client closes its side, for up
+    to 2 s. That wait exists to drain request bytes the app never read: closing a socket with
+    unread data sends a reset, which can destroy the response before the client reads it. But a
+    sync worker serves nothing else meanwhile, so a client that reads its response and keeps the
+    socket open (an idle keep-alive pool, or on purpose) holds a worker for 2 s per request;
+    tests/test_faults.py measured it. When no unread byte is waiting, a plain close cannot
+    reset anything, so the worker closes at once; otherwise Gunicorn's drain runs as before.
+    """
+    import socket
+
+    def close(sock, *args, **kwargs):
+        if type(sock) is socket.socket:  # TLS sockets take no MSG_PEEK: Gunicorn's way
+            try:
+                sock.setblocking(False)
+                unread = sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                unread = b""
+            except OSError:
+                unread = b""  # reset or gone: nothing to protect
+            if not unread:
+                sock.close()
+                return
+        linger(sock, *args, **kwargs)
+
+    return close
+
+
 def post_fork(server, worker):
     from gunicorn import util
 
     util.write_error = _json_write_error
+    util.close_graceful = _close_after_response(util.close_graceful)
 
 
 def post_worker_init(worker):

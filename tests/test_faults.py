@@ -312,6 +312,49 @@ def test_slowloris_through_nginx(server, tmp_path):
     assert result["ok"] > 10 and result["max_ms"] < 2000, result
 
 
+def post_and_keep_the_socket(port: int) -> socket.socket:
+    """POST a digit, read the whole response, and return the socket still open: what an idle
+    keep-alive pool (or someone on purpose) does after a `Connection: close` answer."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = "POST /predict/mnist HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+    sock.sendall(f"{head}Content-Length: {len(DIGIT)}\r\n\r\n".encode() + DIGIT)
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < length(data):
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed before the whole response: {data!r}"
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data
+    return sock
+
+
+def length(response: bytes) -> int:
+    """Content-Length of a response whose headers have arrived."""
+    for line in response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError(f"no Content-Length: {response!r}")
+
+
+def test_clients_keeping_their_socket_after_the_response_do_not_hold_the_worker(tmp_path):
+    """Gunicorn lingers up to 2 s after each response until the client closes its side; one sync
+    worker serves nothing meanwhile. Five clients that keep their sockets would cost 10 s."""
+    with gunicorn(tmp_path, workers=1) as srv:
+        held = []
+        started = time.monotonic()
+        try:
+            for _ in range(5):
+                held.append(post_and_keep_the_socket(srv.port))
+            r = predict(srv.url, timeout=10)
+            elapsed = time.monotonic() - started
+        finally:
+            for sock in held:
+                sock.close()
+    print(f"\n5 held sockets, then one more request: {elapsed * 1000:.0f} ms")
+    assert r.status_code == 200
+    assert elapsed < 2.0, f"{elapsed:.1f} s: the worker waited for clients to hang up"
+
+
 # --- (b) a worker killed mid-request ----------------------------------------------------------
 
 
