@@ -154,15 +154,13 @@ def _close_after_response(linger):
     import socket
 
     def close(sock, *args, **kwargs):
-        if type(sock) is socket.socket:  # TLS sockets take no MSG_PEEK: Gunicorn's way
+        if type(sock) is socket.socket:  # TLS sockets refuse MSG_PEEK: they keep Gunicorn's way
             try:
                 sock.setblocking(False)
                 unread = sock.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
+            except OSError:  # nothing waiting (BlockingIOError), or reset: nothing to protect
                 unread = b""
-            except OSError:
-                unread = b""  # reset or gone: nothing to protect
-            if not unread:
+            if not unread:  # b"" also when the client has already closed its side
                 sock.close()
                 return
         linger(sock, *args, **kwargs)
