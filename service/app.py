@@ -31,7 +31,10 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # Werkzeug's multipart limits: parts beyond a batch (+ a few form fields) are refused.
     app.config["MAX_FORM_PARTS"] = settings.max_batch + 8
-    app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024
+    # Text fields (the API reads none) at most 96 KiB. Werkzeug also checks this limit against
+    # its unparsed read buffer, one 64 KiB read plus the tail of a boundary or part header, so it
+    # must stay well above 64 KiB: at 64 KiB, multipart bodies past about 64 KB were refused.
+    app.config["MAX_FORM_MEMORY_SIZE"] = 96 * 1024
     app.json = OrjsonProvider(app)  # keeps class and layer order; fast on /features' 90 KB
 
     images.register_plugins()

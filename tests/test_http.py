@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from tests import corpus
 from tests.server import MODELS_DIR, GunicornServer
@@ -116,6 +117,30 @@ def test_predict_three_ways_agree_and_batches_keep_order(server):
             np.testing.assert_allclose(
                 list(got["probabilities"].values()), list(want["probabilities"].values()), atol=1e-6
             )
+
+
+@pytest.mark.parametrize(
+    ("count", "fmt", "side"),
+    [(1, "JPEG", 800), (2, "JPEG", 800), (64, "PNG", 32)],
+    ids=["one-photo", "two-photos", "64-small-pngs"],
+)
+def test_multipart_uploads_of_real_sizes(server, count, fmt, side):
+    # Noisy photos of about 430 KB, and a full batch of small PNGs (200 KB in all): Werkzeug
+    # applies its form memory limit to its read buffer too, and a limit at its 64 KiB read size
+    # refused every multipart body past about 64 KB.
+    rng = np.random.default_rng(count)
+    photos = [
+        corpus.encode(
+            Image.fromarray(rng.integers(0, 256, (side * 3 // 4, side, 3), np.uint8)), fmt
+        )
+        for _ in range(count)
+    ]
+    files = [
+        ("image", (f"{i}.img", body, "application/octet-stream")) for i, body in enumerate(photos)
+    ]
+    r = requests.post(f"{server.url}/predict/scenes", files=files, timeout=60)
+    assert r.status_code == 200, (sum(map(len, photos)), r.text)
+    assert len(r.json()["predictions"]) == count
 
 
 def test_predict_matches_the_savedmodel_called_directly(server):
