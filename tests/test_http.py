@@ -125,7 +125,7 @@ def test_predict_three_ways_agree_and_batches_keep_order(server):
     ids=["one-photo", "two-photos", "64-small-pngs"],
 )
 def test_multipart_uploads_of_real_sizes(server, count, fmt, side):
-    # Noisy photos of about 290 KB, and a full batch of small PNGs (200 KB in all): Werkzeug
+    # Noisy photos of about 290 KB, and a full batch of small PNGs (150 KB in all): Werkzeug
     # applies its form memory limit to its read buffer too, and a limit at its 64 KiB read size
     # refused every multipart body past about 64 KB.
     rng = np.random.default_rng(count)
