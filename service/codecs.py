@@ -78,9 +78,13 @@ def images_from_request(request: Request, max_images: int) -> list[bytes]:
             "missing Content-Type; send image/*, multipart/form-data or application/json"
         )
     else:
+        # curl's --data-binary sends a form Content-Type unless told otherwise: say so.
+        hint = (
+            " (curl: add -H 'Content-Type: image/png')" if mimetype.endswith("urlencoded") else ""
+        )
         raise UnsupportedMediaType(
             f"Content-Type {mimetype!r} is not accepted; "
-            "send image/*, multipart/form-data or application/json"
+            f"send image/*, multipart/form-data or application/json{hint}"
         )
     if not images or (len(images) == 1 and not images[0]):
         raise BadRequest("the request holds no image")

@@ -240,6 +240,11 @@ def test_error_statuses(server):
         415,
         "unsupported_media_type",
     )
+    # What `curl --data-binary @digit.png` sends: the error says how to fix the command.
+    as_curl = post(server, "/predict/mnist", digit, "application/x-www-form-urlencoded")
+    assert (
+        "Content-Type: image/png" in assert_error(as_curl, 415, "unsupported_media_type")["message"]
+    )
     assert_error(
         post(server, "/predict/mnist", b"%!PS-Adobe-3.0 EPSF-3.0\n", "image/png"),
         415,
