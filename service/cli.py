@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["GUNICORN_THREADS"] = str(args.threads)
     if args.models_dir:
         os.environ["CONVNET_MODELS_DIR"] = str(args.models_dir.resolve())
+    from service.config import Settings
+
+    try:  # the config file reads these too, but would answer a typo with a traceback
+        Settings.from_env()
+    except ValueError as exc:
+        p.error(str(exc))
     # Exec Gunicorn itself, so signals (SIGTERM, SIGHUP) reach its arbiter directly.
     gunicorn = [sys.executable, "-m", "gunicorn", "--config", str(CONFIG)]
     os.execv(sys.executable, gunicorn)

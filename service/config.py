@@ -38,7 +38,12 @@ class Settings:
             elif f.type in ("Path", Path):
                 values[f.name] = Path(raw)
             elif f.type in ("int", int):
-                values[f.name] = int(raw)
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ValueError(
+                        f"CONVNET_{f.name.upper()} must be a whole number, not {raw!r}"
+                    ) from None
             else:
                 values[f.name] = raw
         settings = replace(cls(**values), **overrides)

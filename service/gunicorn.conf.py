@@ -46,6 +46,17 @@ control_socket_disable = True
 
 
 def on_starting(server):
+    from service.registry import find_versions
+
+    settings = Settings.from_env()
+    models = find_versions(settings.models_dir)
+    if not models:
+        # A mistyped models path would otherwise serve 503s forever: refuse to start. Gunicorn
+        # prints a RuntimeError from here as one "Error:" line and exits 1.
+        raise RuntimeError(
+            f"no SavedModel under {settings.models_dir.resolve()}/<name>/<version>/ "
+            "(set CONVNET_MODELS_DIR or --models-dir)"
+        )
     # prometheus-client multiprocess mode: a fresh directory per server start, set before any
     # worker imports prometheus_client.
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -56,21 +67,19 @@ def on_starting(server):
         path = tempfile.mkdtemp(prefix="convnet-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     server.log.info("prometheus multiprocess dir: %s", path)
-    _prepare_engines(server)
+    _prepare_engines(server, settings, models)
 
 
-def _prepare_engines(server):
+def _prepare_engines(server, settings, models):
     # Convert each SavedModel to its LiteRT engine once, here in the master before the fork, so
     # that workers start fast and never import TensorFlow (see service/engines.py). Workers redo
     # any conversion that fails here, and /readyz reports what went wrong.
     from service.engines import prepare
-    from service.registry import find_versions
 
-    settings = Settings.from_env()
     if settings.engine != "litert":
         return
     try:
-        files = prepare(find_versions(settings.models_dir), settings.engine_cache)
+        files = prepare(models, settings.engine_cache)
         server.log.info("LiteRT engines ready: %s", ", ".join(str(f) for f in files.values()))
     except Exception as exc:
         server.log.warning("engine preparation failed: %s", exc)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,7 +15,7 @@ import requests
 from PIL import Image
 
 from tests import corpus
-from tests.server import MODELS_DIR, GunicornServer
+from tests.server import MODELS_DIR, GunicornServer, free_port
 
 pytestmark = pytest.mark.server
 
@@ -70,6 +73,43 @@ def test_readiness_turns_true_only_after_loading(tmp_path):
         assert post(srv, "/predict/mnist", png(corpus.digit(7))).status_code == 200
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "status", "message"),
+    [
+        ({}, ["--models-dir", "{tmp}"], 1, "Error: no SavedModel under"),
+        ({"CONVNET_MAX_BATCH": "lots"}, [], 2, "CONVNET_MAX_BATCH must be a whole number"),
+    ],
+    ids=["no-models", "malformed-setting"],
+)
+def test_serve_refuses_to_start_misconfigured(tmp_path, env, args, status, message):
+    # A mistyped path or setting is one line and an exit status, not a server answering 503s.
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{free_port()}"]
+    run = subprocess.run(
+        cmd + [a.format(tmp=tmp_path) for a in args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == status and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_api_says_when_loading_failed_rather_than_loading(tmp_path):
+    from service.app import create_app
+
+    app = create_app(models_dir=tmp_path)  # nothing to load: the background loader fails
+    registry = app.extensions["convnet"].registry
+    for _ in range(100):
+        if registry.error:
+            break
+        time.sleep(0.05)
+    client = app.test_client()
+    assert client.get("/readyz").json["status"] == "failed"
+    for r in (client.get("/models"), client.post("/predict/mnist", data=b"x")):
+        assert r.status_code == 503 and "failed" in r.json["error"]["message"]
 
 
 @pytest.mark.parametrize("fmt", sorted(corpus.FORMATS))

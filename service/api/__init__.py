@@ -30,10 +30,17 @@ def state() -> State:
     return current_app.extensions["convnet"]
 
 
-def get_model(name: str) -> Model:
+def ready_registry() -> Registry:
     registry = state().registry
     if not registry.ready.is_set():
+        if registry.error:
+            raise NotReady("loading the models failed; see /readyz and the server log")
         raise NotReady("models are still loading; retry shortly (see /readyz)")
+    return registry
+
+
+def get_model(name: str) -> Model:
+    registry = ready_registry()
     model = registry.get(name)
     if model is None:
         raise NotFound(f"no model named {name!r}; available: {sorted(registry.models)}")

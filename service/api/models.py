@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from service.api import get_model, state
-from service.errors import NotReady
+from service.api import get_model, ready_registry
 from service.registry import Model
 
 bp = Blueprint("models", __name__)
@@ -28,9 +27,7 @@ def model_info(m: Model) -> dict:
 
 @bp.get("/models")
 def list_models():
-    registry = state().registry
-    if not registry.ready.is_set():
-        raise NotReady("models are still loading; retry shortly (see /readyz)")
+    registry = ready_registry()
     return jsonify({"models": [model_info(m) for m in registry.models.values()]})
 
 
