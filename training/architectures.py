@@ -10,7 +10,7 @@ import keras
 from keras import layers
 
 
-def lenet(num_classes: int = 10, dropout: float = 0.1) -> keras.Model:
+def lenet(num_classes: int, dropout: float) -> keras.Model:
     """LeNet-5 as in the seed figure: 32x32x1 -> 6@28x28 -> 6@14x14 -> 16@10x10 -> 16@5x5 -> 120 -> 100 -> 10."""
     return keras.Sequential(
         [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's)")
     p.add_argument("--seed", type=int, default=1, help="seed for the split, init and augmentation")
     p.add_argument(
+        "--dropout", type=float, default=None, help="dropout rate (default: the recipe's)"
+    )
+    p.add_argument(
+        "--tuning-split",
+        action="store_true",
+        help="for choosing hyperparameters: leave the validation split out entirely, and train "
+        "and evaluate on a split of the rest (same fraction and seed)",
+    )
+    p.add_argument(
         "--max-batches",
         type=int,
         default=None,
@@ -59,12 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     from training.train import train
 
     recipe = RECIPES[args.model]
+    if args.dropout is not None:
+        recipe = dataclasses.replace(recipe, dropout=args.dropout)
     version = args.version or export.next_version(args.out / recipe.name)
     if (args.out / recipe.name / str(version)).exists():
         print(f"error: {args.out / recipe.name / str(version)} already exists", file=sys.stderr)
         return 2
     try:
-        result = train(recipe, args.data_dir, args.seed, args.epochs, args.max_batches)
+        result = train(
+            recipe, args.data_dir, args.seed, args.epochs, args.max_batches, args.tuning_split
+        )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ev = result.evaluation
     print(
-        f"\n{recipe.name} v{version}: validation accuracy {ev['accuracy']:.4%} "
+        f"\n{recipe.name} v{version}: {ev['split']} accuracy {ev['accuracy']:.4%} "
         f"on {ev['samples']} images, trained in {result.training['wall_time_seconds']} s"
     )
     for name, acc in ev["per_class_accuracy"].items():

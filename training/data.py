@@ -119,3 +119,10 @@ def stratified_split(
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return rng.permutation(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def training_part(ds: Dataset, val_fraction: float, seed: int) -> Dataset:
+    """The training part of the seeded split, as a dataset of its own: a split of it (the tuning
+    split) holds out images for choosing hyperparameters, never the validation images."""
+    train_idx = np.sort(stratified_split(ds.y, val_fraction, seed)[0])
+    return Dataset(x=ds.x[train_idx], y=ds.y[train_idx])

@@ -243,9 +243,14 @@ def train(
     seed: int,
     epochs: int | None = None,
     max_batches: int | None = None,
+    tuning_split: bool = False,
 ) -> TrainResult:
+    """Train and evaluate on the seeded split; with `tuning_split`, on a split of its training
+    part instead, so that hyperparameters are chosen without ever scoring the validation images."""
     keras.utils.set_random_seed(seed)
     ds = recipe.load(data_dir)
+    if tuning_split:
+        ds = data.training_part(ds, recipe.val_fraction, seed)
     epochs = epochs or recipe.epochs
     started = time.monotonic()
     teacher = None
@@ -257,23 +262,28 @@ def train(
     else:
         targets, loss, metric = None, "sparse_categorical_crossentropy", "accuracy"
     train_ds, val_ds, x_val, y_val = make_datasets(recipe, ds, seed, max_batches, targets)
-    model = recipe.build(len(recipe.classes))
+    model = recipe.build(len(recipe.classes), recipe.dropout)
     history = _fit(model, recipe, train_ds, val_ds, epochs, loss, metric)
     wall = time.monotonic() - started
     evaluation = evaluate(model, x_val, y_val, recipe.classes)
+    if tuning_split:
+        evaluation["split"] = "tuning"
     training = {
         "seed": seed,
         "epochs": epochs,
         "batch_size": recipe.batch_size,
         "learning_rate": recipe.learning_rate,
         "weight_decay": recipe.weight_decay,
+        "dropout": recipe.dropout,
         "augmentation": recipe.augment,
         "ema_momentum": recipe.ema_momentum,
         "optimizer": recipe.optimizer,
         "distilled_from": teacher,
         "train_samples": int(len(ds.y) - len(y_val)) if not max_batches else None,
         "validation_samples": len(y_val),
-        "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}",
+        "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}"
+        + (", of the training part of that split (tuning split)" if tuning_split else ""),
+        "tuning_split": tuning_split,
         "wall_time_seconds": round(wall, 1),
         "cpu_count": len(os.sched_getaffinity(0)),
         "tensorflow_version": tf.__version__,
