@@ -74,7 +74,9 @@ MNIST = Recipe(
     batch_size=128,
     learning_rate=3e-3,
     weight_decay=5e-5,
-    dropout=0.1,
+    # Chosen on the tuning split (`--tuning-split`, README): 0.1 / 0.25 / 0.4 scored 99.31 /
+    # 99.19 / 99.43 % there; at 150 epochs the FC layers overfit without it.
+    dropout=0.4,
     # Mild: +-2 px shifts and +-7 degrees on half of each batch; LeNet-5 is small, and more
     # augmentation (or augmenting every image) underfits it.
     augment={"rotation": 0.02, "translation": 0.06, "clean_fraction": 0.5},
