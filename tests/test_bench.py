@@ -1,4 +1,4 @@
-"""The benchmark harness itself: one short real run, so `python -m bench.run` cannot rot.
+"""The benchmark harnesses themselves: one short real run each, so they cannot rot.
 
 No figure is asserted (speed is shown by the benchmark, never by tests); only that every cell ran,
 every request succeeded, and the table holds what the README says it does.
@@ -15,14 +15,13 @@ import pytest
 
 from tests.server import ROOT
 
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.skipif(
-        shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
-    ),
-]
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
 
 
+@pytest.mark.server
+@needs_wrk
 def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -58,3 +57,24 @@ def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
         assert row["rps"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert len(row["worker_rss_mb"]) == 2 and all(rss > 0 for rss in row["worker_rss_mb"])
     assert "req/s" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_inprocess_bench_times_every_stage_of_a_real_request():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess", "200"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.endswith(" us")]
+    assert [line.split("  ")[0] for line in lines] == [
+        "hello (Flask)",
+        "service /predict/mnist",
+        "- decode + preprocess",
+        "- model call, response body",
+        "- reading the image",
+        "- request metrics hooks",
+    ]
+    assert all(float(line.split()[-2]) > 0 for line in lines)
