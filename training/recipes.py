@@ -75,7 +75,7 @@ MNIST = Recipe(
     learning_rate=3e-3,
     weight_decay=5e-5,
     # Chosen on the tuning split (`--tuning-split`, README): 0.1 / 0.25 / 0.4 scored 99.31 /
-    # 99.19 / 99.43 % there; at 150 epochs the FC layers overfit without it.
+    # 99.19 / 99.43 % there. With 0.1, training accuracy ends at 99.9 %; with 0.4 at 99.7 %.
     dropout=0.4,
     # Mild: +-2 px shifts and +-7 degrees on half of each batch; LeNet-5 is small, and more
     # augmentation (or augmenting every image) underfits it.
