@@ -7,6 +7,10 @@ Starts each server itself (real Gunicorn, the project's config, 2 workers), driv
 loopback, and prints one table: req/s, p50/p90/p99 latency, errors, CPU and RSS per worker. wrk is
 written in C and uses one thread here; its own CPU use is reported so that one can see it is not
 the bottleneck.
+
+`cpu us` is the workers' CPU per answered request. For the service, `app us`, `prep` and `model`
+are means read from its own histograms on /metrics over the cell: the request inside Flask, decode
++ preprocess per image, and one engine call, as they cost inside the loaded worker.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 from PIL import Image, ImageDraw
 
 from tests.server import GunicornServer
@@ -137,13 +142,49 @@ def run_wrk(url: str, body: Path, mime: str, connections: int, duration: int, sc
     return result
 
 
+# The service's own histograms whose mean cost per observation the table shows (sum / count,
+# summed over workers): what a stage costs inside the live worker, next to bench.inprocess's loop.
+STAGES = {
+    "app_us": "convnet_http_request_duration_seconds",  # request hooks to response, in Flask
+    "prep_us": "convnet_image_preprocess_seconds",  # decode + preprocess, per image
+    "model_us": "convnet_inference_seconds",  # one engine call
+}
+
+
+def stage_totals(server: GunicornServer) -> dict[str, tuple[float, float]] | None:
+    """(sum, count) of each STAGES histogram from the live /metrics; None for a baseline."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(f"{server.url}/metrics", timeout=10)
+    if r.status_code != 200 or "convnet_" not in r.text:
+        return None
+    found = {name: [0.0, 0.0] for name in STAGES.values()}
+    for family in text_string_to_metric_families(r.text):
+        if family.name in found:
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    found[family.name][0] += sample.value
+                elif sample.name.endswith("_count"):
+                    found[family.name][1] += sample.value
+    return {key: tuple(found[name]) for key, name in STAGES.items()}
+
+
 def measure(
     server: GunicornServer, case: Case, bodies: dict, conc: int, duration: int, script: Path
 ) -> dict:
     pids = server.worker_pids()
+    stages0 = stage_totals(server) if case.target == "service" else None
     cpu0 = {p: proc_cpu_seconds(p) for p in pids}
     r = run_wrk(server.url + case.path, bodies[case.body], case.mime, conc, duration, script)
     seconds = r["duration_us"] / 1e6
+    cpu = {p: proc_cpu_seconds(p) - cpu0[p] for p in pids}
+    stages = {key: None for key in STAGES}
+    if stages0 is not None:
+        stages1 = stage_totals(server)
+        for key, (total, count) in stages1.items():
+            runs = count - stages0[key][1]
+            if runs > 0:
+                stages[key] = round((total - stages0[key][0]) / runs * 1e6)
     return {
         "target": case.target,
         "path": case.path,
@@ -154,9 +195,12 @@ def measure(
         "p90_ms": r["p90"] / 1000,
         "p99_ms": r["p99"] / 1000,
         "errors": r["errors"] + r["non2xx"],
-        "worker_cpu_pct": [round(100 * (proc_cpu_seconds(p) - cpu0[p]) / seconds) for p in pids],
+        "worker_cpu_pct": [round(100 * cpu[p] / seconds) for p in pids],
+        # Every worker's CPU (user + system) over the requests answered: the cost of one request.
+        "cpu_us_per_request": round(sum(cpu.values()) / max(r["requests"], 1) * 1e6),
         "worker_rss_mb": [round(proc_rss_mb(p)) for p in pids],
         "wrk_cpu_pct": round(100 * r["wrk_cpu_s"] / seconds),
+        **stages,
     }
 
 
@@ -165,14 +209,17 @@ def print_row(row: dict) -> None:
         f"{row['target']:<17} {row['path']:<33} {row['body']:<13} {row['concurrency']:>3} "
         f"{row['rps']:>8.0f} {row['p50_ms']:>7.2f} {row['p90_ms']:>7.2f} {row['p99_ms']:>7.2f} "
         f"{row['errors']:>6} {'/'.join(map(str, row['worker_cpu_pct'])):>9} "
-        f"{'/'.join(map(str, row['worker_rss_mb'])):>9} {row['wrk_cpu_pct']:>4}",
+        f"{'/'.join(map(str, row['worker_rss_mb'])):>9} {row['wrk_cpu_pct']:>4} "
+        f"{row['cpu_us_per_request']:>7} "
+        + " ".join(f"{'-' if row[k] is None else row[k]:>6}" for k in STAGES),
         flush=True,
     )
 
 
 HEADER = (
     f"{'target':<17} {'path':<33} {'body':<13} {'c':>3} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
-    f"{'p99 ms':>7} {'errors':>6} {'cpu %':>9} {'rss MB':>9} {'wrk%':>4}"
+    f"{'p99 ms':>7} {'errors':>6} {'cpu %':>9} {'rss MB':>9} {'wrk%':>4} {'cpu us':>7} "
+    f"{'app us':>6} {'prep':>6} {'model':>6}"
 )
 
 

@@ -56,6 +56,11 @@ def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
         assert row["path"] == "/predict/mnist" and row["errors"] == 0, row
         assert row["rps"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert len(row["worker_rss_mb"]) == 2 and all(rss > 0 for rss in row["worker_rss_mb"])
+        assert row["cpu_us_per_request"] > 0
+        if row["target"] == "hello":  # not the service: no stage histograms to read
+            assert row["app_us"] is row["prep_us"] is row["model_us"] is None, row
+        else:  # from the service's own /metrics: one image per request, so the stages fit inside
+            assert 0 < row["prep_us"] + row["model_us"] < row["app_us"], row
     assert "req/s" in proc.stdout and "wrote" in proc.stdout
 
 
