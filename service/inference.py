@@ -38,16 +38,17 @@ def _timed(metrics: Metrics, model: Model, signature: str, batch: np.ndarray, ca
 def describe(model: Model, probabilities: np.ndarray, metrics: Metrics) -> list[dict]:
     """Softmax rows -> prediction bodies, counted by class and confidence."""
     out = []
-    for row in probabilities:
+    # tolist(): Python floats in one call, not one float() per class.
+    for row, values in zip(probabilities, probabilities.tolist(), strict=True):
         top = int(row.argmax())
         label = model.classes[top]
         metrics.child(metrics.predictions, model.name, label).inc()
-        metrics.child(metrics.confidence, model.name).observe(float(row[top]))
+        metrics.child(metrics.confidence, model.name).observe(values[top])
         out.append(
             {
                 "label": label,
-                "confidence": float(row[top]),
-                "probabilities": {c: float(p) for c, p in zip(model.classes, row, strict=True)},
+                "confidence": values[top],
+                "probabilities": dict(zip(model.classes, values, strict=True)),
             }
         )
     return out
