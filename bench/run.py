@@ -151,13 +151,12 @@ STAGES = {
 }
 
 
-def stage_totals(server: GunicornServer) -> dict[str, tuple[float, float]] | None:
-    """(sum, count) of each STAGES histogram from the live /metrics; None for a baseline."""
+def stage_totals(server: GunicornServer) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each STAGES histogram from the service's live /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     r = requests.get(f"{server.url}/metrics", timeout=10)
-    if r.status_code != 200 or "convnet_" not in r.text:
-        return None
+    r.raise_for_status()
     found = {name: [0.0, 0.0] for name in STAGES.values()}
     for family in text_string_to_metric_families(r.text):
         if family.name in found:
@@ -173,18 +172,16 @@ def measure(
     server: GunicornServer, case: Case, bodies: dict, conc: int, duration: int, script: Path
 ) -> dict:
     pids = server.worker_pids()
-    stages0 = stage_totals(server) if case.target == "service" else None
+    is_service = case.target == "service"  # the baselines have no histograms to read
+    before = stage_totals(server) if is_service else {}
     cpu0 = {p: proc_cpu_seconds(p) for p in pids}
     r = run_wrk(server.url + case.path, bodies[case.body], case.mime, conc, duration, script)
     seconds = r["duration_us"] / 1e6
     cpu = {p: proc_cpu_seconds(p) - cpu0[p] for p in pids}
-    stages = {key: None for key in STAGES}
-    if stages0 is not None:
-        stages1 = stage_totals(server)
-        for key, (total, count) in stages1.items():
-            runs = count - stages0[key][1]
-            if runs > 0:
-                stages[key] = round((total - stages0[key][0]) / runs * 1e6)
+    stages = dict.fromkeys(STAGES)
+    for key, (total, count) in (stage_totals(server) if is_service else {}).items():
+        if count > before[key][1]:
+            stages[key] = round((total - before[key][0]) / (count - before[key][1]) * 1e6)
     return {
         "target": case.target,
         "path": case.path,

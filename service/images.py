@@ -75,8 +75,8 @@ def decode(data: bytes, limits: Limits, draft_size: int | None = None) -> Image.
     # pillow-heif reads AVIF too; give Pillow's own AVIF plugin the first try.
     formats = ["AVIF", "HEIF"] if fmt == "AVIF" else [fmt]
     try:
-        # Our own pixel limit below is the check that counts; Pillow's bomb error (beyond twice its
-        # MAX_IMAGE_PIXELS) only matters if an operator sets max_pixels above that.
+        # Our own pixel limit below is the check that counts. Pillow only warns past its
+        # MAX_IMAGE_PIXELS (89 MP) and raises past twice that, above our default limit.
         img = Image.open(io.BytesIO(data), formats=[f for f in formats if f in ALLOWED_FORMATS])
         w, h = img.size
         if w < 1 or h < 1:
