@@ -6,7 +6,8 @@
 Starts each server itself (real Gunicorn, the project's config, 2 workers), drives it with wrk on
 loopback, and prints one table: req/s, p50/p90/p99 latency, errors, CPU and RSS per worker. wrk is
 written in C and uses one thread here; its own CPU use is reported so that one can see it is not
-the bottleneck.
+the bottleneck. `service+nginx` puts deploy/nginx/convnet.conf (the compose file's proxy) in front,
+on the same cores: what a deployment behind it gets; nginx's own CPU is the `proxy%` column.
 
 `cpu us` is the workers' CPU per answered request. For the service, `app us`, `prep` and `model`
 are means read from its own histograms on /metrics over the cell: the request inside Flask, decode
@@ -16,6 +17,7 @@ are means read from its own histograms on /metrics over the cell: the request in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -29,7 +31,7 @@ from pathlib import Path
 import requests
 from PIL import Image, ImageDraw
 
-from tests.server import GunicornServer
+from tests.server import GunicornServer, NginxProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = """
@@ -92,6 +94,8 @@ TARGETS = {
     "service+tensorflow": {"app": None, "env": {"CONVNET_ENGINE": "tensorflow"}},
     # The other worker model: 4 threads per process (Gunicorn's gthread) instead of sync.
     "service+gthread": {"app": None, "env": {"GUNICORN_WORKER_CLASS": "gthread"}},
+    # The deployed shape: the compose file's nginx in front, wrk talking to nginx.
+    "service+nginx": {"app": None, "env": {}, "nginx": True},
     "hello": {"app": "bench.baselines:hello()", "env": {}},
     "hello+gthread": {
         "app": "bench.baselines:hello()",
@@ -169,15 +173,24 @@ def stage_totals(server: GunicornServer) -> dict[str, tuple[float, float]]:
 
 
 def measure(
-    server: GunicornServer, case: Case, bodies: dict, conc: int, duration: int, script: Path
+    server: GunicornServer,
+    case: Case,
+    bodies: dict,
+    conc: int,
+    duration: int,
+    script: Path,
+    proxy: NginxProxy | None = None,
 ) -> dict:
     pids = server.worker_pids()
+    proxy_pids = proxy.pids() if proxy else []
     is_service = case.target == "service"  # the baselines have no histograms to read
     before = stage_totals(server) if is_service else {}
-    cpu0 = {p: proc_cpu_seconds(p) for p in pids}
-    r = run_wrk(server.url + case.path, bodies[case.body], case.mime, conc, duration, script)
+    cpu0 = {p: proc_cpu_seconds(p) for p in pids + proxy_pids}
+    url = (proxy.url if proxy else server.url) + case.path
+    r = run_wrk(url, bodies[case.body], case.mime, conc, duration, script)
     seconds = r["duration_us"] / 1e6
     cpu = {p: proc_cpu_seconds(p) - cpu0[p] for p in pids}
+    proxy_cpu = sum(proc_cpu_seconds(p) - cpu0[p] for p in proxy_pids)
     stages = dict.fromkeys(STAGES)
     for key, (total, count) in (stage_totals(server) if is_service else {}).items():
         if count > before[key][1]:
@@ -197,6 +210,7 @@ def measure(
         "cpu_us_per_request": round(sum(cpu.values()) / max(r["requests"], 1) * 1e6),
         "worker_rss_mb": [round(proc_rss_mb(p)) for p in pids],
         "wrk_cpu_pct": round(100 * r["wrk_cpu_s"] / seconds),
+        "proxy_cpu_pct": round(100 * proxy_cpu / seconds) if proxy else None,
         **stages,
     }
 
@@ -207,6 +221,7 @@ def print_row(row: dict) -> None:
         f"{row['rps']:>8.0f} {row['p50_ms']:>7.2f} {row['p90_ms']:>7.2f} {row['p99_ms']:>7.2f} "
         f"{row['errors']:>6} {'/'.join(map(str, row['worker_cpu_pct'])):>9} "
         f"{'/'.join(map(str, row['worker_rss_mb'])):>9} {row['wrk_cpu_pct']:>4} "
+        f"{'-' if row['proxy_cpu_pct'] is None else row['proxy_cpu_pct']:>6} "
         f"{row['cpu_us_per_request']:>7} "
         + " ".join(f"{'-' if row[k] is None else row[k]:>6}" for k in STAGES),
         flush=True,
@@ -215,7 +230,7 @@ def print_row(row: dict) -> None:
 
 HEADER = (
     f"{'target':<17} {'path':<33} {'body':<13} {'c':>3} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
-    f"{'p99 ms':>7} {'errors':>6} {'cpu %':>9} {'rss MB':>9} {'wrk%':>4} {'cpu us':>7} "
+    f"{'p99 ms':>7} {'errors':>6} {'cpu %':>9} {'rss MB':>9} {'wrk%':>4} {'proxy%':>6} {'cpu us':>7} "
     f"{'app us':>6} {'prep':>6} {'model':>6}"
 )
 
@@ -253,11 +268,19 @@ def main(argv: list[str] | None = None) -> int:
         for target in args.only:
             cases = [c for t, c in plan if t == target]
             spec = TARGETS[target]
-            started = time.monotonic()
-            server = GunicornServer(tmp=tmp, workers=args.workers, app=spec["app"], env=spec["env"])
-            server.start(timeout=120)
-            ready_s = time.monotonic() - started
-            try:
+            with contextlib.ExitStack() as running:
+                started = time.monotonic()
+                server = GunicornServer(
+                    tmp=tmp, workers=args.workers, app=spec["app"], env=spec["env"]
+                )
+                running.callback(server.stop)  # also when the start itself fails
+                server.start(timeout=120)
+                ready_s = time.monotonic() - started
+                proxy = None
+                if spec.get("nginx"):
+                    folder = tmp / f"nginx-{server.port}"
+                    folder.mkdir()
+                    proxy = running.enter_context(NginxProxy(folder, server.port).running())
                 for case in cases:
                     for conc in args.concurrency:
                         done += 1
@@ -267,13 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                             file=sys.stderr,
                             flush=True,
                         )
-                        row = measure(server, case, bodies, conc, args.duration, script)
+                        row = measure(server, case, bodies, conc, args.duration, script, proxy)
                         row["target"] = target
                         row["ready_s"] = round(ready_s, 1)
                         rows.append(row)
                         print_row(row)
-            finally:
-                server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(

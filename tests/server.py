@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,3 +153,80 @@ class GunicornServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+NGINX_SITE = ROOT / "deploy" / "nginx" / "convnet.conf"  # the proxy the compose file runs
+NGINX_CONF = """
+worker_processes 1;
+user root;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/site.conf;
+}}
+"""
+
+
+def find_nginx() -> str | None:
+    """Debian's nginx, on PATH or in /usr/sbin (not on a normal user's PATH)."""
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+
+
+@dataclass
+class NginxProxy:
+    """deploy/nginx/convnet.conf, the compose file's proxy, in front of `upstream` on loopback."""
+
+    tmp: Path
+    upstream: int
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The master and its worker processes."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [self.proc.pid, *map(int, children.split())]
+
+    @contextmanager
+    def running(self) -> Iterator[NginxProxy]:
+        binary = find_nginx()
+        if binary is None:
+            raise RuntimeError("nginx is not installed (apt-get install -y nginx)")
+        site = NGINX_SITE.read_text()
+        site = site.replace("server service:8000;", f"server 127.0.0.1:{self.upstream};")
+        site = site.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
+        (self.tmp / "site.conf").write_text(site)
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=self.tmp))
+        log = self.tmp / "error.log"
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(self.tmp), "-e", str(log), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(f"{self.url}/livez", timeout=2).ok:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.1)
+            else:
+                raise TimeoutError(log.read_text())
+            yield self
+        finally:
+            stop_process(self.proc, 10)

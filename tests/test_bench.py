@@ -13,42 +13,41 @@ import sys
 
 import pytest
 
-from tests.server import ROOT
+from tests.server import ROOT, find_nginx
 
 needs_wrk = pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
 )
 
 
-@pytest.mark.server
-@needs_wrk
-def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
+def run_bench(tmp_path, *args: str) -> tuple[list[dict], str]:
+    """`python -m bench.run` for 1 s cells: the rows it wrote, and what it printed."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--duration",
-            "1",
-            "--concurrency",
-            "1",
-            "4",
-            "--only",
-            "hello",
-            "service",
-            "--path",
-            "/predict/mnist",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "bench.run", "--duration", "1", *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+@pytest.mark.server
+@needs_wrk
+def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
+    rows, printed = run_bench(
+        tmp_path,
+        "--concurrency",
+        "1",
+        "4",
+        "--only",
+        "hello",
+        "service",
+        "--path",
+        "/predict/mnist",
+    )
     assert {(r["target"], r["concurrency"]) for r in rows} == {
         (t, c) for t in ("hello", "service") for c in (1, 4)
     }
@@ -57,11 +56,25 @@ def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
         assert row["rps"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert len(row["worker_rss_mb"]) == 2 and all(rss > 0 for rss in row["worker_rss_mb"])
         assert row["cpu_us_per_request"] > 0
+        assert row["proxy_cpu_pct"] is None  # nothing in front of these
         if row["target"] == "hello":  # not the service: no stage histograms to read
             assert row["app_us"] is row["prep_us"] is row["model_us"] is None, row
         else:  # from the service's own /metrics: one image per request, so the stages fit inside
             assert 0 < row["prep_us"] + row["model_us"] < row["app_us"], row
-    assert "req/s" in proc.stdout and "wrote" in proc.stdout
+    assert "req/s" in printed and "wrote" in printed
+
+
+@pytest.mark.server
+@needs_wrk
+@pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (apt-get install nginx)")
+def test_bench_drives_the_service_through_the_deployed_nginx(tmp_path):
+    [row] = run_bench(
+        tmp_path, "--concurrency", "4", "--only", "service+nginx", "--path", "/predict/mnist"
+    )[0]
+    assert row["target"] == "service+nginx" and row["errors"] == 0, row
+    # The requests went through nginx (it worked), and reached the service (its histograms moved).
+    assert row["proxy_cpu_pct"] > 0 and row["rps"] > 0, row
+    assert 0 < row["prep_us"] + row["model_us"] < row["app_us"], row
 
 
 def test_inprocess_bench_times_every_stage_of_a_real_request():

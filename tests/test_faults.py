@@ -8,11 +8,9 @@ Longer runs on demand: SOAK_SECONDS=900 pytest tests/test_faults.py -k soak -s
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -26,7 +24,7 @@ import requests
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from tests import corpus
-from tests.server import ROOT, GunicornServer, free_port, stop_process
+from tests.server import GunicornServer, NginxProxy, find_nginx
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -239,74 +237,17 @@ def test_slowloris_direct(server):
     assert result["ok"] > 10 and result["max_ms"] < 2000, result
 
 
-NGINX_SITE = ROOT / "deploy" / "nginx" / "convnet.conf"  # the proxy the compose file runs
-NGINX_CONF = """
-worker_processes 1;
-user root;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/site.conf;
-}}
-"""
-
-
-@contextmanager
 def nginx(tmp_path: Path, upstream: int):
-    binary = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if binary is None:
+    if find_nginx() is None:
         pytest.skip("nginx is not installed (apt-get install -y nginx)")
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    site = NGINX_SITE.read_text()
-    site = site.replace("server service:8000;", f"server 127.0.0.1:{upstream};")
-    site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    (tmp_path / "site.conf").write_text(site)
-    conf.write_text(NGINX_CONF.format(tmp=tmp_path))
-    proc = subprocess.Popen(
-        [
-            binary,
-            "-c",
-            str(conf),
-            "-p",
-            str(tmp_path),
-            "-e",
-            str(tmp_path / "error.log"),
-            "-g",
-            "daemon off;",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/livez", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        else:
-            raise TimeoutError((tmp_path / "error.log").read_text())
-        yield port
-    finally:
-        stop_process(proc, 10)
+    return NginxProxy(tmp_path, upstream).running()
 
 
 def test_slowloris_through_nginx(server, tmp_path):
     """The same attack against Debian's nginx as a buffering reverse proxy in front."""
-    with nginx(tmp_path, server.port) as port:
+    with nginx(tmp_path, server.port) as proxy:
         n = SLOW_CLIENTS
-        result = measure_under_slowloris(f"http://127.0.0.1:{port}", port, n)
+        result = measure_under_slowloris(proxy.url, proxy.port, n)
     print(f"\nslow loris, through nginx: {result}")
     assert not result["failed"], result
     assert result["ok"] > 10 and result["max_ms"] < 2000, result
