@@ -2,12 +2,16 @@
 
     python -m bench.run                       # everything, 10 s per cell
     python -m bench.run --duration 5 --concurrency 1 8 --only service
+    python -m bench.run --repeat 5 --concurrency 16 --only hello service   # median of 5 rounds
 
 Starts each server itself (real Gunicorn, the project's config, 2 workers), drives it with wrk on
 loopback, and prints one table: req/s, p50/p90/p99 latency, errors, CPU and RSS per worker. wrk is
 written in C and uses one thread here; its own CPU use is reported so that one can see it is not
 the bottleneck. `service+nginx` puts deploy/nginx/convnet.conf (the compose file's proxy) in front,
 on the same cores: what a deployment behind it gets; nginx's own CPU is the `proxy%` column.
+
+One run on a shared machine can be several per cent off the next. `--repeat N` runs every target
+N times, interleaved, each round with fresh servers, and ends with each cell's median and range.
 
 `cpu us` is the workers' CPU per answered request. For the service, `app us`, `prep` and `model`
 are means read from its own histograms on /metrics over the cell: the request inside Flask, decode
@@ -21,10 +25,12 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +241,58 @@ HEADER = (
 )
 
 
+def run_target(
+    target: str,
+    cases: list[Case],
+    args: argparse.Namespace,
+    tmp: Path,
+    bodies: dict[str, Path],
+    script: Path,
+    progress: Callable[[str], None],
+) -> Iterator[dict]:
+    """Start one target's server (and its proxy), measure every case at every concurrency, and
+    yield each row as soon as it is measured."""
+    spec = TARGETS[target]
+    with contextlib.ExitStack() as running:
+        started = time.monotonic()
+        server = GunicornServer(tmp=tmp, workers=args.workers, app=spec["app"], env=spec["env"])
+        running.callback(server.stop)  # also when the start itself fails
+        server.start(timeout=120)
+        ready_s = time.monotonic() - started
+        proxy = None
+        if spec.get("nginx"):
+            folder = tmp / f"nginx-{server.port}"
+            folder.mkdir()
+            proxy = running.enter_context(NginxProxy(folder, server.port).running())
+        for case in cases:
+            for conc in args.concurrency:
+                progress(f"{target} {case.path} c={conc}")
+                row = measure(server, case, bodies, conc, args.duration, script, proxy)
+                row["target"] = target
+                row["ready_s"] = round(ready_s, 1)
+                yield row
+
+
+def print_medians(rows: list[dict]) -> None:
+    """One line per cell over the rounds: the median and the range of req/s and of p99."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["target"], row["path"], row["body"], row["concurrency"])
+        cells.setdefault(key, []).append(row)
+    n = max(len(v) for v in cells.values())
+    print(f"\nover {n} rounds: median (min-max)")
+    print(f"{'target':<17} {'path':<33} {'body':<13} {'c':>3} {'req/s':>20} {'p99 ms':>20}")
+    for (target, path, body, conc), group in cells.items():
+        rps = sorted(r["rps"] for r in group)
+        p99 = sorted(r["p99_ms"] for r in group)
+        print(
+            f"{target:<17} {path:<33} {body:<13} {conc:>3} "
+            f"{f'{statistics.median(rps):.0f} ({rps[0]:.0f}-{rps[-1]:.0f})':>20} "
+            f"{f'{statistics.median(p99):.2f} ({p99[0]:.2f}-{p99[-1]:.2f})':>20}",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -244,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--path", default="", help="only cases whose path contains this")
     p.add_argument("--only", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over all targets, each with fresh servers; then the median of each cell",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench.json")
     args = p.parse_args(argv)
 
@@ -252,49 +316,37 @@ def main(argv: list[str] | None = None) -> int:
         bodies = make_bodies(tmp)
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
-        plan = [
-            (t, c)
+        plan = {
+            t: [
+                c
+                for c in (SERVICE_CASES if t.startswith("service") else BASELINE_CASES)
+                if c.target == t.split("+")[0] and args.path in c.path
+            ]
             for t in args.only
-            for c in (SERVICE_CASES if t.startswith("service") else BASELINE_CASES)
-            if c.target == t.split("+")[0] and args.path in c.path
-        ]
-        total = len(plan) * len(args.concurrency)
-        rows, done = [], 0
+        }
+        total = sum(map(len, plan.values())) * len(args.concurrency) * args.repeat
+        done = 0
+
+        def progress(cell: str) -> None:
+            nonlocal done
+            done += 1
+            print(f"  [{done}/{total}] {cell} ...", end="\r", file=sys.stderr, flush=True)
+
         print(
             f"{total} cells x {args.duration} s; {args.workers} workers; wrk on loopback",
             flush=True,
         )
         print(HEADER, flush=True)
-        for target in args.only:
-            cases = [c for t, c in plan if t == target]
-            spec = TARGETS[target]
-            with contextlib.ExitStack() as running:
-                started = time.monotonic()
-                server = GunicornServer(
-                    tmp=tmp, workers=args.workers, app=spec["app"], env=spec["env"]
-                )
-                running.callback(server.stop)  # also when the start itself fails
-                server.start(timeout=120)
-                ready_s = time.monotonic() - started
-                proxy = None
-                if spec.get("nginx"):
-                    folder = tmp / f"nginx-{server.port}"
-                    folder.mkdir()
-                    proxy = running.enter_context(NginxProxy(folder, server.port).running())
-                for case in cases:
-                    for conc in args.concurrency:
-                        done += 1
-                        print(
-                            f"  [{done}/{total}] {target} {case.path} c={conc} ...",
-                            end="\r",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        row = measure(server, case, bodies, conc, args.duration, script, proxy)
-                        row["target"] = target
-                        row["ready_s"] = round(ready_s, 1)
-                        rows.append(row)
-                        print_row(row)
+        rows = []
+        for round_ in range(1, args.repeat + 1):
+            # Rounds interleave the targets, so a drift in the machine's speed hits them all.
+            for target, cases in plan.items():
+                for row in run_target(target, cases, args, tmp, bodies, script, progress):
+                    row["round"] = round_
+                    rows.append(row)
+                    print_row(row)
+    if args.repeat > 1:
+        print_medians(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(

@@ -77,6 +77,17 @@ def test_bench_drives_the_service_through_the_deployed_nginx(tmp_path):
     assert 0 < row["prep_us"] + row["model_us"] < row["app_us"], row
 
 
+@pytest.mark.server
+@needs_wrk
+def test_bench_repeats_rounds_and_reports_each_cells_median(tmp_path):
+    rows, printed = run_bench(tmp_path, "--repeat", "2", "--concurrency", "2", "--only", "hello")
+    assert [(r["target"], r["round"]) for r in rows] == [("hello", 1), ("hello", 2)]
+    [line] = [ln for ln in printed.splitlines() if ln.startswith("hello ") and "(" in ln]
+    low, high = sorted(r["rps"] for r in rows)
+    median = (low + high) / 2
+    assert f"{median:.0f} ({low:.0f}-{high:.0f})" in line, line
+
+
 def test_inprocess_bench_times_every_stage_of_a_real_request():
     proc = subprocess.run(
         [sys.executable, "-m", "bench.inprocess", "200"],
