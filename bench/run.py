@@ -349,9 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         print_medians(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
+    ready: dict[str, set[float]] = {}
+    for row in rows:
+        ready.setdefault(row["target"], set()).add(row["ready_s"])
     print(
         f"\nwrote {args.out}; ready after start: "
-        + ", ".join(sorted({f"{r['target']} {r['ready_s']} s" for r in rows}))
+        + ", ".join(
+            f"{t} {'-'.join(map(str, sorted({min(v), max(v)})))} s" for t, v in ready.items()
+        )
     )
     return 0
 
