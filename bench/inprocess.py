@@ -53,7 +53,7 @@ def main(n: int = 5000) -> None:
     from service.config import Settings
 
     with tempfile.TemporaryDirectory() as folder:
-        body = make_bodies(Path(folder))["digit28.png"].read_bytes()
+        body = make_bodies(Path(folder), {"digit28.png"})["digit28.png"].read_bytes()
     environ = EnvironBuilder(
         path="/predict/mnist", method="POST", data=body, content_type="image/png"
     ).get_environ()

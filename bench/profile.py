@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp_name:
         tmp = Path(tmp_name)
-        bodies = make_bodies(tmp)
+        bodies = make_bodies(tmp, {args.body})
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
         env = dict(kv.split("=", 1) for kv in args.env)

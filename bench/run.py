@@ -65,20 +65,33 @@ class Case:
     mime: str
 
 
-def make_bodies(folder: Path) -> dict[str, Path]:
+def _phone_photo() -> Image.Image:
+    # A 12 MP frame with sensor-like noise (so it compresses like a photo, about 2 MB), which the
+    # EXIF tag says to turn upright: how a phone sends it.
+    size = (4032, 3024)
+    base = Image.effect_mandelbrot(size, (-2.2, -1.2, 1.0, 1.2), 64)
+    noise = Image.effect_noise(size, 24)
+    return Image.merge("RGB", (Image.blend(base, noise, 0.3), base, Image.blend(base, noise, 0.15)))
+
+
+def make_bodies(folder: Path, names: set[str] | None = None) -> dict[str, Path]:
+    """The request bodies, written into `folder`: all of them, or only `names`."""
     digit = Image.new("L", (28, 28), 0)
     ImageDraw.Draw(digit).line([(8, 6), (20, 6), (12, 23)], fill=255, width=2)
     photo = Image.effect_mandelbrot((1024, 768), (-2.2, -1.2, 1.0, 1.2), 64).convert("RGB")
-    small = photo.resize((32, 32))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
     files = {
         "digit28.png": lambda p: digit.save(p, "PNG"),
-        "scene32.png": lambda p: small.save(p, "PNG"),
+        "scene32.png": lambda p: photo.resize((32, 32)).save(p, "PNG"),
         "photo1024.jpg": lambda p: photo.save(p, "JPEG", quality=90),
+        "phone12mp.jpg": lambda p: _phone_photo().save(p, "JPEG", quality=90, exif=rotated),
     }
     out = {}
     for name, save in files.items():
-        save(folder / name)
-        out[name] = folder / name
+        if names is None or name in names:
+            save(folder / name)
+            out[name] = folder / name
     return out
 
 
@@ -86,6 +99,7 @@ SERVICE_CASES = [
     Case("service", "/predict/mnist", "digit28.png", "image/png"),
     Case("service", "/predict/scenes", "scene32.png", "image/png"),
     Case("service", "/predict/scenes", "photo1024.jpg", "image/jpeg"),
+    Case("service", "/predict/scenes", "phone12mp.jpg", "image/jpeg"),
     Case("service", "/features/mnist?encoding=base64", "digit28.png", "image/png"),
 ]
 BASELINE_CASES = [
@@ -301,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 32])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--path", default="", help="only cases whose path contains this")
+    p.add_argument("--body", default="", help="only cases whose body file's name contains this")
     p.add_argument("--only", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
     p.add_argument(
         "--repeat",
@@ -313,17 +328,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
         tmp = Path(tmp_name)
-        bodies = make_bodies(tmp)
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
         plan = {
             t: [
                 c
                 for c in (SERVICE_CASES if t.startswith("service") else BASELINE_CASES)
-                if c.target == t.split("+")[0] and args.path in c.path
+                if c.target == t.split("+")[0] and args.path in c.path and args.body in c.body
             ]
             for t in args.only
         }
+        bodies = make_bodies(tmp, {c.body for cases in plan.values() for c in cases})
         total = sum(map(len, plan.values())) * len(args.concurrency) * args.repeat
         done = 0
 

@@ -79,6 +79,16 @@ def test_bench_drives_the_service_through_the_deployed_nginx(tmp_path):
 
 @pytest.mark.server
 @needs_wrk
+def test_bench_posts_a_12_megapixel_phone_photo(tmp_path):
+    rows, _ = run_bench(tmp_path, "--concurrency", "2", "--only", "service", "--body", "phone")
+    [row] = rows
+    assert (row["path"], row["body"]) == ("/predict/scenes", "phone12mp.jpg"), row
+    assert row["errors"] == 0 and row["rps"] > 0, row
+    assert 0 < row["prep_us"] + row["model_us"] < row["app_us"], row
+
+
+@pytest.mark.server
+@needs_wrk
 def test_bench_repeats_rounds_and_reports_each_cells_median(tmp_path):
     rows, printed = run_bench(tmp_path, "--repeat", "2", "--concurrency", "2", "--only", "hello")
     assert [(r["target"], r["round"]) for r in rows] == [("hello", 1), ("hello", 2)]
