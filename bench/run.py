@@ -116,6 +116,13 @@ TARGETS = {
     "service+gthread": {"app": None, "env": {"GUNICORN_WORKER_CLASS": "gthread"}},
     # The deployed shape: the compose file's nginx in front, wrk talking to nginx.
     "service+nginx": {"app": None, "env": {}, "nginx": True},
+    # Upper bounds (bench/ablations.py): the service with decode + preprocess free, then also
+    # without metrics.
+    "service+free-prep": {"app": "bench.ablations:service_without('preprocess')", "env": {}},
+    "service+free-prep+no-metrics": {
+        "app": "bench.ablations:service_without('preprocess', 'metrics')",
+        "env": {},
+    },
     "hello": {"app": "bench.baselines:hello()", "env": {}},
     "hello+gthread": {
         "app": "bench.baselines:hello()",

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from tests import corpus
 from tests.server import ROOT, find_nginx
 
 needs_wrk = pytest.mark.skipif(
@@ -117,3 +118,30 @@ def test_inprocess_bench_times_every_stage_of_a_real_request():
         "- request metrics hooks",
     ]
     assert all(float(line.split()[-2]) > 0 for line in lines)
+
+
+def test_the_upper_bounds_answer_what_the_service_answers(app, monkeypatch):
+    """bench/ablations.py makes stages free, never changes an answer: the same image gets the
+    same body from the service and from both ablated apps, also when served from the cache."""
+    from bench.ablations import service_without
+    from service import inference
+
+    digit = corpus.encode(corpus.digit(4, 64), "PNG")
+
+    def post(flask_app) -> dict:
+        r = flask_app.test_client().post("/predict/mnist", data=digit, content_type="image/png")
+        assert r.status_code == 200, r.get_data(as_text=True)
+        return r.get_json()
+
+    want = post(app)  # before the ablation replaces inference.prepare
+    monkeypatch.setattr(inference, "prepare", inference.prepare)  # put back after the test
+    free_prep = service_without("preprocess")
+    no_metrics = service_without("preprocess", "metrics")
+    for _ in range(2):  # the first request computes the input, the second reuses it
+        assert post(free_prep) == want
+        assert post(no_metrics) == want
+    text = no_metrics.test_client().get("/metrics").get_data(as_text=True)
+    assert 'convnet_http_requests_total{endpoint="/predict/<model>"' not in text
+    assert 'convnet_http_requests_total{endpoint="/predict/<model>"' in (
+        free_prep.test_client().get("/metrics").get_data(as_text=True)
+    )
