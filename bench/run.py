@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import resource
@@ -74,11 +75,38 @@ def _phone_photo() -> Image.Image:
     return Image.merge("RGB", (Image.blend(base, noise, 0.3), base, Image.blend(base, noise, 0.15)))
 
 
+BOUNDARY = "convnet-bench"
+
+
+def _digit(shift: int = 0) -> Image.Image:
+    img = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(img).line([(8 + shift // 4, 6), (20, 6), (12 + shift, 23)], fill=255, width=2)
+    return img
+
+
+def _png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def _multipart(files: list[bytes], boundary: str) -> bytes:
+    """A multipart/form-data body with each file in the field `image`, as curl -F sends it."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{i}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
 def make_bodies(folder: Path, names: set[str] | None = None) -> dict[str, Path]:
     """The request bodies, written into `folder`: all of them, or only `names`."""
-    digit = Image.new("L", (28, 28), 0)
-    ImageDraw.Draw(digit).line([(8, 6), (20, 6), (12, 23)], fill=255, width=2)
+    digit = _digit()
     photo = Image.effect_mandelbrot((1024, 768), (-2.2, -1.2, 1.0, 1.2), 64).convert("RGB")
+    batch = _multipart([_png(_digit(shift)) for shift in range(-8, 8)], BOUNDARY)
     rotated = Image.Exif()
     rotated[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
     files = {
@@ -86,6 +114,7 @@ def make_bodies(folder: Path, names: set[str] | None = None) -> dict[str, Path]:
         "scene32.png": lambda p: photo.resize((32, 32)).save(p, "PNG"),
         "photo1024.jpg": lambda p: photo.save(p, "JPEG", quality=90),
         "phone12mp.jpg": lambda p: _phone_photo().save(p, "JPEG", quality=90, exif=rotated),
+        "digits16.form": lambda p: p.write_bytes(batch),
     }
     out = {}
     for name, save in files.items():
@@ -97,6 +126,13 @@ def make_bodies(folder: Path, names: set[str] | None = None) -> dict[str, Path]:
 
 SERVICE_CASES = [
     Case("service", "/predict/mnist", "digit28.png", "image/png"),
+    # 16 digits in one request: req/s x 16 images/s.
+    Case(
+        "service",
+        "/predict/mnist",
+        "digits16.form",
+        f"multipart/form-data; boundary={BOUNDARY}",
+    ),
     Case("service", "/predict/scenes", "scene32.png", "image/png"),
     Case("service", "/predict/scenes", "photo1024.jpg", "image/jpeg"),
     Case("service", "/predict/scenes", "phone12mp.jpg", "image/jpeg"),

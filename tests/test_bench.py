@@ -48,10 +48,12 @@ def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
         "service",
         "--path",
         "/predict/mnist",
+        "--body",
+        "digit28",
     )
-    assert {(r["target"], r["concurrency"]) for r in rows} == {
+    assert [(r["target"], r["concurrency"]) for r in rows] == [
         (t, c) for t in ("hello", "service") for c in (1, 4)
-    }
+    ]
     for row in rows:
         assert row["path"] == "/predict/mnist" and row["errors"] == 0, row
         assert row["rps"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
@@ -70,7 +72,15 @@ def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
 @pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (apt-get install nginx)")
 def test_bench_drives_the_service_through_the_deployed_nginx(tmp_path):
     [row] = run_bench(
-        tmp_path, "--concurrency", "4", "--only", "service+nginx", "--path", "/predict/mnist"
+        tmp_path,
+        "--concurrency",
+        "4",
+        "--only",
+        "service+nginx",
+        "--path",
+        "/predict/mnist",
+        "--body",
+        "digit28",
     )[0]
     assert row["target"] == "service+nginx" and row["errors"] == 0, row
     # The requests went through nginx (it worked), and reached the service (its histograms moved).
@@ -80,12 +90,17 @@ def test_bench_drives_the_service_through_the_deployed_nginx(tmp_path):
 
 @pytest.mark.server
 @needs_wrk
-def test_bench_posts_a_12_megapixel_phone_photo(tmp_path):
-    rows, _ = run_bench(tmp_path, "--concurrency", "2", "--only", "service", "--body", "phone")
+@pytest.mark.parametrize(
+    ("body", "path", "images"),
+    [("phone12mp.jpg", "/predict/scenes", 1), ("digits16.form", "/predict/mnist", 16)],
+)
+def test_bench_posts_a_phone_photo_and_a_batch_of_digits(tmp_path, body, path, images):
+    rows, _ = run_bench(tmp_path, "--concurrency", "2", "--only", "service", "--body", body)
     [row] = rows
-    assert (row["path"], row["body"]) == ("/predict/scenes", "phone12mp.jpg"), row
-    assert row["errors"] == 0 and row["rps"] > 0, row
-    assert 0 < row["prep_us"] + row["model_us"] < row["app_us"], row
+    assert (row["path"], row["body"]) == (path, body), row
+    assert row["errors"] == 0 and row["rps"] > 0, row  # every image decoded, none refused
+    # The request holds `images` images, each preprocessed, and one model call.
+    assert 0 < images * row["prep_us"] + row["model_us"] < row["app_us"], row
 
 
 @pytest.mark.server
