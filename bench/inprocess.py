@@ -22,7 +22,7 @@ from pathlib import Path
 from werkzeug.test import EnvironBuilder
 
 from bench.baselines import hello
-from bench.run import make_bodies
+from bench.bodies import make_bodies
 
 
 def per_request_us(app: Callable, environ: dict, body: bytes, n: int) -> float:

@@ -20,7 +20,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.run import WRK_SCRIPT, make_bodies, run_wrk
+from bench.bodies import make_bodies
+from bench.run import WRK_SCRIPT, run_wrk
 from tests.server import GunicornServer
 
 AREAS = [  # first match wins: (area, substring of the frame's file or function)
