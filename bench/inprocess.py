@@ -61,7 +61,7 @@ def main(n: int = 5000) -> None:
     state = service.extensions["convnet"]
     model = state.registry.get("mnist")
     batch = inference.prepare(model, [body], state.limits, state.metrics)
-    result = inference.predict(model, batch, state.metrics)
+    result = inference.predict(model, [body], state.limits, state.metrics)
 
     print(f"{'hello (Flask)':45s} {per_request_us(hello(), environ, body, n):7.0f} us")
     print(f"{'service /predict/mnist':45s} {per_request_us(service, environ, body, n):7.0f} us")

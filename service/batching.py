@@ -1,7 +1,10 @@
 """Adaptive batching: concurrent requests inside one worker share one model call.
 
 Like TF Serving's `max_batch_size` / `batch_timeout_micros`: one thread owns the model call; request
-threads queue their arrays and wait. The batch closes when it holds `max_batch_size` images or when
+threads queue their work and wait. A request may queue its input ready-made, or as a function
+that makes it (`run`): then the batching thread makes each request's input in turn before the
+shared call, so the Python-heavy decode + preprocess runs in one thread instead of competing for
+the GIL across all of them (README, Performance). The batch closes when it holds `max_batch_size` images or when
 `max_wait` has passed since its first image. With `max_wait = 0` it takes only what is already
 queued, so a lone request is never delayed and batches form only under load, while the previous
 call runs.
@@ -20,7 +23,9 @@ import numpy as np
 
 @dataclass
 class _Job:
-    x: np.ndarray
+    make: Callable[[], np.ndarray]  # the input, made in the batching thread
+    size: int  # rows the input will have
+    x: np.ndarray | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -44,7 +49,12 @@ class Batcher:
         threading.Thread(target=self._loop, name=name, daemon=True).start()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        job = _Job(x)
+        return self.run(lambda: x, len(x))
+
+    def run(self, make: Callable[[], np.ndarray], size: int) -> np.ndarray:
+        """fn's output for the `size` rows that `make()` returns, made and computed in the
+        batching thread together with other callers' rows; what `make` raises is raised here."""
+        job = _Job(make, size)
         self._queue.put(job)
         job.done.wait()
         if job.error is not None:
@@ -54,7 +64,7 @@ class Batcher:
     def _collect(self) -> list[_Job]:
         jobs = [self._carried or self._queue.get()]
         self._carried = None
-        size = len(jobs[0].x)
+        size = jobs[0].size
         deadline = time.monotonic() + self._max_wait
         while size < self._max_batch_size:
             try:
@@ -62,16 +72,25 @@ class Batcher:
                 job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if size + len(job.x) > self._max_batch_size:
+            if size + job.size > self._max_batch_size:
                 self._carried = job
                 break
             jobs.append(job)
-            size += len(job.x)
+            size += job.size
         return jobs
 
     def _loop(self) -> None:
         while True:
-            jobs = self._collect()
+            jobs = []
+            for job in self._collect():
+                try:
+                    job.x = job.make()
+                    jobs.append(job)
+                except BaseException as exc:  # this caller's input only: the others go on
+                    job.error = exc
+                    job.done.set()
+            if not jobs:
+                continue
             try:
                 x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
                 started = time.perf_counter()

@@ -54,11 +54,16 @@ def describe(model: Model, probabilities: np.ndarray, metrics: Metrics) -> list[
     return out
 
 
-def predict(model: Model, batch: np.ndarray, metrics: Metrics) -> dict:
+def predict(model: Model, payloads: list[bytes], limits: images.Limits, metrics: Metrics) -> dict:
+    """Decode, preprocess and predict every image: the /predict response body."""
     if model.batcher is None:
+        batch = prepare(model, payloads, limits, metrics)
         probs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
-    else:  # the batcher records each (shared) model call itself
-        probs = model.predict(batch)
+    else:
+        # The batching thread decodes and preprocesses too, then records each shared model call.
+        probs = model.batcher.run(
+            lambda: prepare(model, payloads, limits, metrics), size=len(payloads)
+        )
     return {
         "model": model.name,
         "version": str(model.version),

@@ -14,5 +14,4 @@ def predict(model: str):
     s = state()
     payloads = codecs.images_from_request(request, s.settings.max_batch)
     s.metrics.child(s.metrics.images, "/predict/<model>", m.name).observe(len(payloads))
-    batch = inference.prepare(m, payloads, s.limits, s.metrics)
-    return jsonify(inference.predict(m, batch, s.metrics))
+    return jsonify(inference.predict(m, payloads, s.limits, s.metrics))
