@@ -5,9 +5,9 @@ threads queue their work and wait. A request may queue its input ready-made, or 
 that makes it (`run`): then the batching thread makes each request's input in turn before the
 shared call, so the Python-heavy decode + preprocess runs in one thread instead of competing for
 the GIL across all of them (README, Performance). The batch closes when it holds `max_batch_size`
-images or when `max_wait` has passed since its first image. With `max_wait = 0` it takes only what is already
-queued, so a lone request is never delayed and batches form only under load, while the previous
-call runs.
+images or when `max_wait` has passed since its first image. With `max_wait = 0` it takes only what
+is already queued, so a lone request is never delayed and batches form only under load, while the
+previous call runs.
 """
 
 from __future__ import annotations
