@@ -8,11 +8,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The same install command as the README and CI.
-COPY pyproject.toml README.md ./
+# The same install command as the README and CI. gcc builds service/_digit.c (the digit
+# normalisation's per-pixel steps) and leaves in the same layer. Unpinned: Debian's security
+# updates replace pinned versions, and a toolchain that is gone when the layer ends runs nothing.
+COPY pyproject.toml setup.py README.md ./
 COPY service/ service/
 COPY training/ training/
-RUN python -m pip install --no-cache-dir .
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && python -m pip install --no-cache-dir . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 # The committed models, baked in: the image is the release. Their LiteRT engines are converted
 # now, so that the container starts in seconds and its workers never import TensorFlow.

@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIND ?= 127.0.0.1:8000
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py service/_digit.c  # the C extension builds at install
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade pip
 	$(VENV)/bin/python -m pip install -e ".[dev]"

@@ -1,11 +1,13 @@
-"""The real service with whole stages made free: upper bounds for what removing them could buy.
+"""The real service with one part changed, to measure what that part costs.
 
     service_without("preprocess"):             decode + preprocess cost nothing
     service_without("preprocess", "metrics"):  ... and no metric is recorded either
+    service_with_python_digit():               digit normalisation in numpy, not service/_digit.c
 
-Run under the project's Gunicorn config by bench/run.py (targets `service+free-prep` and
-`service+free-prep+no-metrics`). Everything else is the service itself: routing, reading the body,
-the model call, the JSON response. Benchmark-only: nothing here is a way to serve.
+Run under the project's Gunicorn config by bench/run.py (targets `service+free-prep`,
+`service+free-prep+no-metrics` and `service+python-digit`). Everything else is the service
+itself: routing, reading the body, the model call, the JSON response. The first two are upper
+bounds and the last a baseline. Benchmark-only: nothing here is a way to serve.
 """
 
 from __future__ import annotations
@@ -61,4 +63,12 @@ def service_without(*stages: str) -> Flask:
         ):
             hooks.clear()  # the request count, latency, in-flight and body-size hooks
         app.extensions["convnet"].metrics.child = lambda metric, *labels: _NoMetric()
+    return app
+
+
+def service_with_python_digit() -> Flask:
+    """The service with the numpy reference of the digit steps instead of their C version."""
+    app = create_app(Settings.from_env(load_in_background=False))
+    # mnist_digit looks both up at call time.
+    images.find_ink, images.place_digit = images.find_ink_python, images.place_digit_python
     return app

@@ -100,6 +100,8 @@ TARGETS = {
         "app": "bench.ablations:service_without('preprocess', 'metrics')",
         "env": {},
     },
+    # The service before service/_digit.c: digit normalisation in numpy (the reference).
+    "service+python-digit": {"app": "bench.ablations:service_with_python_digit()", "env": {}},
     "hello": {"app": "bench.baselines:hello()", "env": {}},
     "hello+gthread": {
         "app": "bench.baselines:hello()",

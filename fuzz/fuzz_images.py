@@ -2,7 +2,8 @@
 
 Every input is bytes as a client would upload them; `load` must either return the model input
 (a finite float32 array of the model's shape) or raise one of the service's ApiErrors (answered
-as JSON 4xx). Anything else (another exception, a hang, runaway memory) is a finding.
+as JSON 4xx). For a digit, the C steps' answer must equal the numpy reference's. Anything else
+(another exception, a mismatch, a hang, runaway memory, a crash in C) is a finding.
 
     # seeds: small valid images of every format + the hostile corpus of tests/hostile_corpus.py
     python fuzz/fuzz_images.py --make-corpus fuzz/corpus
@@ -58,6 +59,15 @@ def check(data: bytes, _state: list = []) -> None:  # noqa: B006 (a lazily set m
     channels = 1 if spec["color_mode"] == "grayscale" else 3
     assert arr.shape == (spec["height"], spec["width"], channels), arr.shape
     assert arr.dtype == np.float32 and np.isfinite(arr).all()
+    if spec["resize"] == "mnist_digit" and images.find_ink is not images.find_ink_python:
+        # The digit steps in C (service/_digit.c) agree with their numpy reference.
+        native = images.find_ink, images.place_digit
+        images.find_ink, images.place_digit = images.find_ink_python, images.place_digit_python
+        try:
+            reference = images.load(data, spec, limits)
+        finally:
+            images.find_ink, images.place_digit = native
+        assert np.array_equal(arr, reference)
 
 
 def make_corpus(directory: Path) -> int:

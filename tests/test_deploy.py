@@ -163,8 +163,16 @@ def test_image_runs_the_tested_config_install_and_models():
     argv = json.loads(cmd)
     assert argv[:2] == ["gunicorn", "--config"]
     assert argv[2] == CONFIG.relative_to(ROOT).as_posix()
-    # The same install command as the Makefile and CI, without the dev extras.
-    assert any(r.endswith("python -m pip install --no-cache-dir .") for r in instruction("RUN"))
+    # The same install command as the Makefile and CI, without the dev extras, with a compiler
+    # for the C extension in the same step (without one, pip would fall back to numpy, slower).
+    (install,) = [
+        steps
+        for steps in (re.split(r"\s*&&\s*", r) for r in instruction("RUN"))
+        if "python -m pip install --no-cache-dir ." in steps
+    ]
+    assert any(re.match(r"apt-get install .*\bgcc\b", step) for step in install), install
+    # Nothing built on the host (a .so for another Python) reaches the image.
+    assert "**/*.so" in (ROOT / ".dockerignore").read_text().split()
     # Models baked in where the service looks for them.
     assert "models/ models/" in instruction("COPY")
     assert PurePosixPath(env["CONVNET_MODELS_DIR"]) == workdir / "models"

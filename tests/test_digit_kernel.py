@@ -1,0 +1,187 @@
+"""service/_digit.c returns exactly what its numpy reference in service/images.py returns.
+
+The C steps serve every digit request, so they are compared with the reference byte for byte on
+generated digits (every tone of paper and ink, noise, shadows, every shape from 1x1 to 256x256),
+on arbitrary bytes (hypothesis), on real MNIST digits when ../shared/data is there, and on the
+error cases, where both must refuse the same inputs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from service import images
+
+try:
+    from service import _digit
+except ImportError:  # built without a compiler: only the first test speaks, the rest skip
+    _digit = None
+
+needs_c = pytest.mark.skipif(_digit is None, reason="service._digit was not built (no compiler)")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DIGIT = {"box_size": 20, "canvas_size": 28}
+
+
+def compiler_found() -> bool:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) is not None
+
+
+@pytest.mark.skipif(not compiler_found(), reason="no C compiler: pip install used numpy only")
+def test_the_installed_service_uses_the_c_steps():
+    # With a compiler, pip install builds the extension (a silent fallback costs 14 % req/s).
+    from service import _digit
+
+    assert images.find_ink is _digit.find_ink
+    assert images.place_digit is _digit.place_digit
+
+
+def drawn_digit(rng: np.random.Generator) -> Image.Image:
+    """Strokes of one tone on paper of another, sometimes with noise or a shadow gradient."""
+    w, h = (int(v) for v in rng.integers(1, 257, 2))
+    paper = int(rng.integers(0, 256))
+    contrast = int(rng.integers(0, 256)) if rng.random() < 0.1 else int(rng.integers(48, 256))
+    ink = paper - contrast if paper > 127 else paper + contrast  # clipped below
+    img = Image.new("L", (w, h), paper)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 5)) if rng.random() < 0.95 else 0):
+        points = [tuple(int(v) for v in rng.integers(-5, max(w, h) + 5, 2)) for _ in range(3)]
+        draw.line(
+            points,
+            fill=min(max(ink, 0), 255),
+            width=int(rng.integers(1, max(2, min(w, h) // 4) + 1)),
+        )
+    a = np.asarray(img, np.int16)
+    if rng.random() < 0.3:
+        a = a + rng.integers(-40, 41, a.shape)
+    if rng.random() < 0.3:
+        a = a + np.linspace(-60, 60, w)[None, :].astype(np.int16)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+
+
+def both_ways(img: Image.Image, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+    """mnist_digit with the C steps, then with the numpy reference."""
+    with monkeypatch.context() as m:
+        m.setattr(images, "find_ink", _digit.find_ink)
+        m.setattr(images, "place_digit", _digit.place_digit)
+        native = images.mnist_digit(img, 32, 32, DIGIT)
+    with monkeypatch.context() as m:
+        m.setattr(images, "find_ink", images.find_ink_python)
+        m.setattr(images, "place_digit", images.place_digit_python)
+        reference = images.mnist_digit(img, 32, 32, DIGIT)
+    return native, reference
+
+
+@needs_c
+def test_drawn_digits_of_every_tone_and_shape_match(monkeypatch):
+    rng = np.random.default_rng(20261201)
+    inked = 0
+    for _ in range(1500):
+        img = drawn_digit(rng)
+        pixels = img.tobytes()
+        found = _digit.find_ink(pixels, img.width, img.height)
+        assert found == images.find_ink_python(pixels, img.width, img.height), img.size
+        native, reference = both_ways(img, monkeypatch)
+        np.testing.assert_array_equal(native, reference)
+        inked += found is not None
+    assert 900 < inked < 1500  # both digits and blank pages (seeded: 985 hold ink)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(width=st.integers(1, 40), height=st.integers(1, 40), data=st.data())
+def test_find_ink_matches_on_arbitrary_pixels(width, height, data):
+    pixels = data.draw(st.binary(min_size=width * height, max_size=width * height))
+    assert _digit.find_ink(pixels, width, height) == images.find_ink_python(pixels, width, height)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(
+    width=st.integers(1, 28),
+    height=st.integers(1, 28),
+    canvas=st.integers(28, 40),
+    extra=st.tuples(st.integers(0, 9), st.integers(0, 9)),
+    data=st.data(),
+)
+def test_place_digit_matches_on_arbitrary_pixels(width, height, canvas, extra, data):
+    pixels = data.draw(st.binary(min_size=width * height, max_size=width * height))
+    args = (pixels, width, height, canvas, canvas + extra[0], canvas + extra[1])
+    assert _digit.place_digit(*args) == images.place_digit_python(*args)
+
+
+@needs_c
+def test_place_digit_with_no_ink_centres_the_box():
+    # A box of zeros has no centre of mass; both fall back to the box's own centre.
+    args = (bytes(20 * 10), 10, 20, 28, 32, 32)
+    assert _digit.place_digit(*args) == images.place_digit_python(*args) == bytes(32 * 32)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"\x00" * 27, 28, 1),  # too few bytes for the size
+        (b"\x00" * 29, 28, 1),  # too many
+        (b"", 0, 0),  # no pixels
+        (b"\x00" * 4, -2, -2),
+    ],
+)
+def test_find_ink_refuses_a_buffer_that_is_not_the_image(args):
+    with pytest.raises(ValueError):
+        _digit.find_ink(*args)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "args",
+    [
+        (bytes(29 * 10), 29, 10, 28, 32, 32),  # wider than the canvas
+        (bytes(20 * 10), 20, 10, 28, 27, 32),  # the canvas wider than the output
+        (bytes(20 * 10), 20, 10, 28, 32, 27),
+        (bytes(20 * 10 - 1), 20, 10, 28, 32, 32),  # a short buffer
+    ],
+)
+def test_place_digit_refuses_what_does_not_fit(args):
+    with pytest.raises(ValueError):
+        _digit.place_digit(*args)
+    with pytest.raises(ValueError):
+        images.place_digit_python(*args)
+
+
+@needs_c
+def test_kernels_take_any_bytes_like_object_and_nothing_else():
+    a = np.full((5, 6), 200, np.uint8)
+    a[1:4, 2:4] = 0
+    expected = images.find_ink_python(a.tobytes(), 6, 5)
+    assert _digit.find_ink(memoryview(a.tobytes()), 6, 5) == expected
+    assert _digit.find_ink(bytearray(a.tobytes()), 6, 5) == expected
+    assert _digit.find_ink(a, 6, 5) == expected  # a contiguous array, through the buffer protocol
+    with pytest.raises(TypeError):
+        _digit.find_ink("not bytes", 6, 5)
+    with pytest.raises(ValueError, match="contiguous"):
+        _digit.find_ink(a[:, ::2], 3, 5)  # not contiguous: refused, never read past its end
+
+
+@needs_c
+@pytest.mark.skipif(
+    not (SHARED_DATA / "mnist-train.npz").exists(),
+    reason=f"MNIST not found at {SHARED_DATA} (see ../shared/data/README.md)",
+)
+def test_real_mnist_digits_match_as_stored_and_as_drawn_on_paper(monkeypatch):
+    x = np.load(SHARED_DATA / "mnist-train.npz")["x"][:: 60000 // 1000]
+    for digit in x:
+        for img in (
+            Image.fromarray(digit, "L"),  # bright on dark, as MNIST stores them
+            Image.fromarray(255 - digit, "L").resize((112, 112)),  # dark on paper, larger
+        ):
+            native, reference = both_ways(img, monkeypatch)
+            np.testing.assert_array_equal(native, reference)
