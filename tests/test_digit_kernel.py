@@ -3,12 +3,16 @@
 The C steps serve every digit request, so they are compared with the reference byte for byte on
 generated digits (every tone of paper and ink, noise, shadows, every shape from 1x1 to 256x256),
 on arbitrary bytes (hypothesis), on real MNIST digits when ../shared/data is there, and on the
-error cases, where both must refuse the same inputs.
+error cases, where both must refuse the same inputs. A build with AddressSanitizer and UBSan
+checks every memory access the C makes on thousands of random images.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -185,3 +189,77 @@ def test_real_mnist_digits_match_as_stored_and_as_drawn_on_paper(monkeypatch):
         ):
             native, reference = both_ways(img, monkeypatch)
             np.testing.assert_array_equal(native, reference)
+
+
+# Run in a separate interpreter with AddressSanitizer and UBSan preloaded: every read and write
+# the C steps make on random sizes, tones and bad arguments is checked, and any mismatch with the
+# reference fails too. (A one-byte overread made as a test of this test was reported at once.)
+ASAN_DRIVER = """
+import importlib.util, sys
+import numpy as np
+from service import images
+spec = importlib.util.spec_from_file_location("service._digit", sys.argv[1])
+kernel = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kernel)
+rng = np.random.default_rng(7)
+for i in range(5000):
+    w, h = (int(v) for v in rng.integers(1, 80, 2))
+    a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    if i % 2:  # mostly paper: a small box of ink
+        a = np.where(rng.random((h, w)) < 0.9, a.max(), a).astype(np.uint8)
+    assert kernel.find_ink(a.tobytes(), w, h) == images.find_ink_python(a.tobytes(), w, h)
+    dw, dh = (int(v) for v in rng.integers(1, 29, 2))
+    canvas = int(rng.integers(28, 34))
+    args = (rng.integers(0, 256, dw * dh, dtype=np.uint8).tobytes(), dw, dh, canvas,
+            canvas + int(rng.integers(0, 5)), canvas + int(rng.integers(0, 5)))
+    assert kernel.place_digit(*args) == images.place_digit_python(*args)
+for call, args in [
+    (kernel.find_ink, (b"\\0" * 3, 2, 2)), (kernel.find_ink, (b"", 1, 1)),
+    (kernel.place_digit, (bytes(60), 30, 2, 28, 32, 32)),
+    (kernel.place_digit, (bytes(4), 2, 2, 28, 5000, 5000)),
+    (kernel.place_digit, (bytes(3), 2, 2, 28, 32, 32)),
+]:
+    try:
+        call(*args)
+    except ValueError:
+        continue
+    raise SystemExit(f"accepted {args[1:]}")
+print("clean")
+"""
+
+
+@pytest.mark.slow
+def test_the_c_steps_are_memory_safe_under_sanitizers(tmp_path):
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not found: AddressSanitizer needs it")
+    runtimes = [
+        subprocess.run(
+            [gcc, f"-print-file-name={lib}"], capture_output=True, text=True
+        ).stdout.strip()
+        for lib in ("libasan.so", "libubsan.so")
+    ]
+    if not all(Path(r).is_absolute() and Path(r).exists() for r in runtimes):
+        pytest.skip("gcc has no sanitizer runtimes (libasan, libubsan)")
+    source = Path(images.__file__).with_name("_digit.c")
+    built = tmp_path / "_digit.so"
+    subprocess.run(
+        [gcc, "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+         "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+         f"-I{sysconfig.get_paths()['include']}", str(source), "-o", str(built)],
+        check=True,
+    )  # fmt: skip
+    env = {
+        **os.environ,
+        "LD_PRELOAD": ":".join(runtimes),
+        "ASAN_OPTIONS": "detect_leaks=0",  # CPython keeps objects alive at exit by design
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", ASAN_DRIVER, str(built)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(images.__file__).parents[1],
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "clean", run.stderr[-3000:]
