@@ -47,7 +47,18 @@ def per_request_us(app: Callable, environ: dict, body: bytes, n: int) -> float:
 
 
 def main(n: int = 5000) -> None:
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-metrics-"))
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        run(n)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-metrics-") as metrics_dir:  # removed after
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            run(n)
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def run(n: int) -> None:
     from service import codecs, inference
     from service.app import create_app
     from service.config import Settings
