@@ -170,7 +170,9 @@ def center_crop(img: Image.Image, height: int, width: int) -> Image.Image:
     return img.resize((width, height), Image.Resampling.BICUBIC, box=box, reducing_gap=2.0)
 
 
-def find_ink_python(pixels: bytes, width: int, height: int) -> tuple | None:
+def find_ink_python(
+    pixels: bytes, width: int, height: int
+) -> tuple[int, int, int, int, bytes] | None:
     """The digit's ink, bright on dark and stretched to 0..255, cropped to its bounding box:
     (left, top, width, height, pixels), or None when nothing looks like ink.
 
