@@ -263,3 +263,19 @@ def test_the_c_steps_are_memory_safe_under_sanitizers(tmp_path):
         cwd=Path(images.__file__).parents[1],
     )
     assert run.returncode == 0 and run.stdout.strip() == "clean", run.stderr[-3000:]
+
+
+def test_an_app_without_the_c_steps_says_so_and_answers_the_same(app, monkeypatch, caplog):
+    from service.app import create_app
+    from tests import corpus
+    from tests.server import MODELS_DIR
+
+    digit = corpus.encode(corpus.digit(4, 120), "PNG")
+    want = app.test_client().post("/predict/mnist", data=digit, content_type="image/png")
+    monkeypatch.setattr(images, "find_ink", images.find_ink_python)  # as without a compiler
+    monkeypatch.setattr(images, "place_digit", images.place_digit_python)
+    fallback = create_app(models_dir=MODELS_DIR, load_in_background=False)
+    assert "service._digit was not built" in caplog.text
+    got = fallback.test_client().post("/predict/mnist", data=digit, content_type="image/png")
+    assert got.status_code == want.status_code == 200
+    assert got.get_json() == want.get_json()
