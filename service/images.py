@@ -275,8 +275,12 @@ def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
         arr = np.asarray(center_crop(img, h, w))
     else:
         raise ValueError(f"unknown resize policy {spec['resize']!r} in the model's metadata")
-    arr = arr.astype(np.float32) * np.float32(spec["scale"]) + np.float32(spec["offset"])
-    return arr.reshape(h, w, -1)
+    # One ufunc call instead of astype, * and + (each numpy call costs 5-7 us under load, when
+    # the caches are cold): uint8 -> float32 is exact, so the product is the same float32.
+    out = np.multiply(arr, np.float32(spec["scale"]), dtype=np.float32)
+    if spec["offset"]:  # x + 0.0 is x: the models here have no offset
+        out += np.float32(spec["offset"])
+    return out.reshape(h, w, -1)
 
 
 # How much larger than the model's input a JPEG is decoded (DCT scaling, see decode). For a centre

@@ -107,6 +107,18 @@ def test_center_crop_keeps_aspect_ratio():
     assert got.mean() > 0.97
 
 
+@pytest.mark.parametrize("offset", [0.0, -0.5])
+def test_pixels_are_scaled_exactly_as_the_metadata_says(offset):
+    # Every byte value, at the input's own size (the resize is then the identity): the input is
+    # pixel * scale + offset computed in float32, bit for bit, with or without an offset.
+    pixels = np.arange(32 * 32 * 3, dtype=np.uint32).astype(np.uint8).reshape(32, 32, 3)
+    spec = {**RGB, "offset": offset}
+    got = images.load(corpus.encode(Image.fromarray(pixels), "PNG"), spec, LIMITS)
+    want = pixels.astype(np.float32) * np.float32(spec["scale"]) + np.float32(offset)
+    assert got.dtype == np.float32 and got.shape == (32, 32, 3)
+    assert got.tobytes() == want.tobytes()
+
+
 def test_large_jpeg_photo_is_resized_with_antialiasing():
     # Fine stripes alias into bands without a low-pass filter; with one they average to grey.
     arr = np.zeros((2400, 3200, 3), np.uint8)
