@@ -2,7 +2,7 @@
 
     service_without("preprocess"):             decode + preprocess cost nothing
     service_without("preprocess", "metrics"):  ... and no metric is recorded either
-    service_with_python_digit():               digit normalisation in numpy, not service/_digit.c
+    service_with_python_digit():               digit normalisation in numpy and Pillow, not service/_digit.c
 
 Run under the project's Gunicorn config by bench/run.py (targets `service+free-prep`,
 `service+free-prep+no-metrics` and `service+python-digit`). Everything else is the service
@@ -67,8 +67,7 @@ def service_without(*stages: str) -> Flask:
 
 
 def service_with_python_digit() -> Flask:
-    """The service with the numpy reference of the digit steps instead of their C version."""
+    """The service with the Python reference of the digit normalisation instead of its C version."""
     app = create_app(Settings.from_env(load_in_background=False))
-    # mnist_digit looks both up at call time.
-    images.find_ink, images.place_digit = images.find_ink_python, images.place_digit_python
+    images.normalize_digit = images.normalize_digit_python  # mnist_digit looks it up at call time
     return app

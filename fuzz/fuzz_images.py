@@ -59,14 +59,17 @@ def check(data: bytes, _state: list = []) -> None:  # noqa: B006 (a lazily set m
     channels = 1 if spec["color_mode"] == "grayscale" else 3
     assert arr.shape == (spec["height"], spec["width"], channels), arr.shape
     assert arr.dtype == np.float32 and np.isfinite(arr).all()
-    if spec["resize"] == "mnist_digit" and images.find_ink is not images.find_ink_python:
-        # The digit steps in C (service/_digit.c) agree with their numpy reference.
-        native = images.find_ink, images.place_digit
-        images.find_ink, images.place_digit = images.find_ink_python, images.place_digit_python
+    if (
+        spec["resize"] == "mnist_digit"
+        and images.normalize_digit is not images.normalize_digit_python
+    ):
+        # The digit normalisation in C (service/_digit.c) agrees with its Python reference.
+        native = images.normalize_digit
+        images.normalize_digit = images.normalize_digit_python
         try:
             reference = images.load(data, spec, limits)
         finally:
-            images.find_ink, images.place_digit = native
+            images.normalize_digit = native
         assert np.array_equal(arr, reference)
 
 

@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.json = OrjsonProvider(app)  # keeps class and layer order; fast on /features' 90 KB
 
     images.register_plugins()
-    if images.find_ink is images.find_ink_python:
+    if images.normalize_digit is images.normalize_digit_python:
         logging.getLogger(__name__).warning(
             "service._digit was not built (no C compiler at install): digits are normalised "
             "by the numpy reference, with the same answers and about 12 % fewer requests/s"

@@ -231,33 +231,55 @@ def place_digit_python(
     return out.tobytes()
 
 
-try:  # the same two steps in C, built by pip install: 2 us instead of 23 on a 28x28 digit
-    from service._digit import find_ink, place_digit
+def normalize_digit_python(
+    pixels: bytes,
+    width: int,
+    height: int,
+    box_size: int,
+    canvas_size: int,
+    out_width: int,
+    out_height: int,
+) -> bytes:
+    """A greyscale digit, MNIST style: the ink found, scaled into a box_size square keeping the
+    aspect ratio, then placed (out_height * out_width bytes, all 0 when there is no ink).
+
+    The reference for service/_digit.c's normalize_digit, which must return the same bytes.
+    """
+    if not 1 <= box_size <= canvas_size <= min(out_width, out_height):
+        raise ValueError(
+            f"a {box_size} box does not fit a {canvas_size} canvas "
+            f"in a {out_width}x{out_height} output"
+        )
+    found = find_ink_python(pixels, width, height)
+    if found is None:  # a blank canvas is a black input
+        return bytes(out_width * out_height)
+    _, _, ink_width, ink_height, ink = found
+    scale = box_size / max(ink_width, ink_height)
+    new_w, new_h = max(1, round(ink_width * scale)), max(1, round(ink_height * scale))
+    crop = Image.frombuffer("L", (ink_width, ink_height), ink, "raw", "L", 0, 1)
+    scaled = crop.resize((new_w, new_h), Image.Resampling.LANCZOS).tobytes()
+    return place_digit_python(scaled, new_w, new_h, canvas_size, out_width, out_height)
+
+
+try:  # the same in C, built by pip install: one call instead of some 30 numpy and Pillow calls
+    from service._digit import normalize_digit
 except ImportError:  # a compiler-less install: the same answers, slower
-    find_ink, place_digit = find_ink_python, place_digit_python
+    normalize_digit = normalize_digit_python
 
 
 def mnist_digit(img: Image.Image, height: int, width: int, digit: dict[str, Any]) -> np.ndarray:
     """A greyscale image of a digit -> (height, width) uint8 array, MNIST style.
 
-    find_ink and place_digit are service/_digit.c's where it was built, else the numpy
-    references above; tests/test_digit_kernel.py holds them to the same bytes.
+    normalize_digit is service/_digit.c's where it was built, else the reference above;
+    tests/test_digit_kernel.py holds them to the same bytes.
     """
-    box_size, canvas_size = digit["box_size"], digit["canvas_size"]
     # Work at a bounded size: a 12 MP photo of a digit needs no more than ~256 px for a 20 px box.
     if max(img.size) > 256:
         img = img.copy()
         img.thumbnail((256, 256), Image.Resampling.BOX)
-    found = find_ink(img.tobytes(), img.width, img.height)
-    if found is None:  # a blank canvas is a black input
-        return np.zeros((height, width), np.uint8)
-    _, _, ink_width, ink_height, ink = found
-    scale = box_size / max(ink_width, ink_height)
-    new_w, new_h = max(1, round(ink_width * scale)), max(1, round(ink_height * scale))
-    # A view of the bytes, not a copy (frombytes would cost 1.5 us more).
-    crop = Image.frombuffer("L", (ink_width, ink_height), ink, "raw", "L", 0, 1)
-    scaled = crop.resize((new_w, new_h), Image.Resampling.LANCZOS).tobytes()
-    placed = place_digit(scaled, new_w, new_h, canvas_size, width, height)
+    placed = normalize_digit(
+        img.tobytes(), img.width, img.height, digit["box_size"], digit["canvas_size"], width, height
+    )
     return np.frombuffer(placed, np.uint8).reshape(height, width)
 
 

@@ -163,17 +163,16 @@ def test_the_upper_bounds_answer_what_the_service_answers(app, monkeypatch):
 
 
 def test_the_python_digit_baseline_serves_the_numpy_reference(app, monkeypatch):
-    """`service+python-digit` runs the numpy steps where the service runs service/_digit.c, and
-    answers the same."""
+    """`service+python-digit` runs the Python reference where the service runs service/_digit.c,
+    and answers the same."""
     from bench.ablations import service_with_python_digit
     from service import images
 
     digit = corpus.encode(corpus.digit(7, 90), "PNG")
     want = app.test_client().post("/predict/mnist", data=digit, content_type="image/png")
-    monkeypatch.setattr(images, "find_ink", images.find_ink)  # put back after the test
-    monkeypatch.setattr(images, "place_digit", images.place_digit)
+    monkeypatch.setattr(images, "normalize_digit", images.normalize_digit)  # put back after
     baseline = service_with_python_digit()
-    assert images.find_ink is images.find_ink_python
+    assert images.normalize_digit is images.normalize_digit_python
     got = baseline.test_client().post("/predict/mnist", data=digit, content_type="image/png")
     assert got.status_code == want.status_code == 200
     assert got.get_json() == want.get_json()

@@ -1,10 +1,12 @@
-"""service/_digit.c returns exactly what its numpy reference in service/images.py returns.
+"""service/_digit.c returns exactly what its reference in service/images.py returns.
 
-The C steps serve every digit request, so they are compared with the reference byte for byte on
-generated digits (every tone of paper and ink, noise, shadows, every shape from 1x1 to 256x256),
-on arbitrary bytes (hypothesis), on real MNIST digits when ../shared/data is there, and on the
-error cases, where both must refuse the same inputs. A build with AddressSanitizer and UBSan
-checks every memory access the C makes on thousands of random images.
+The C normalisation serves every digit request, so it is compared with the reference (numpy for
+finding and placing the ink, Pillow for the resize) byte for byte on generated digits (every tone
+of paper and ink, noise, shadows, every shape from 1x1 to 256x256), on arbitrary bytes
+(hypothesis), on real MNIST digits when ../shared/data is there, and on the error cases, where both
+must refuse the same inputs. Its resize is compared with Pillow's on every kind of shape change.
+A build with AddressSanitizer and UBSan checks every memory access the C makes on thousands of
+random images.
 """
 
 from __future__ import annotations
@@ -41,11 +43,10 @@ def compiler_found() -> bool:
 
 @pytest.mark.skipif(not compiler_found(), reason="no C compiler: pip install used numpy only")
 def test_the_installed_service_uses_the_c_steps():
-    # With a compiler, pip install builds the extension (a silent fallback costs 14 % req/s).
+    # With a compiler, pip install builds the extension (a silent fallback costs req/s: README).
     from service import _digit
 
-    assert images.find_ink is _digit.find_ink
-    assert images.place_digit is _digit.place_digit
+    assert images.normalize_digit is _digit.normalize_digit
 
 
 def drawn_digit(rng: np.random.Generator) -> Image.Image:
@@ -72,14 +73,12 @@ def drawn_digit(rng: np.random.Generator) -> Image.Image:
 
 
 def both_ways(img: Image.Image, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
-    """mnist_digit with the C steps, then with the numpy reference."""
+    """mnist_digit with the C normalisation, then with the reference."""
     with monkeypatch.context() as m:
-        m.setattr(images, "find_ink", _digit.find_ink)
-        m.setattr(images, "place_digit", _digit.place_digit)
+        m.setattr(images, "normalize_digit", _digit.normalize_digit)
         native = images.mnist_digit(img, 32, 32, DIGIT)
     with monkeypatch.context() as m:
-        m.setattr(images, "find_ink", images.find_ink_python)
-        m.setattr(images, "place_digit", images.place_digit_python)
+        m.setattr(images, "normalize_digit", images.normalize_digit_python)
         reference = images.mnist_digit(img, 32, 32, DIGIT)
     return native, reference
 
@@ -122,6 +121,46 @@ def test_place_digit_matches_on_arbitrary_pixels(width, height, canvas, extra, d
     assert _digit.place_digit(*args) == images.place_digit_python(*args)
 
 
+def pillow_lanczos(pixels: bytes, width: int, height: int, out_width: int, out_height: int):
+    img = Image.frombytes("L", (width, height), pixels)
+    return img.resize((out_width, out_height), Image.Resampling.LANCZOS).tobytes()
+
+
+@needs_c
+def test_resize_matches_pillow_on_every_kind_of_shape_change():
+    # Up, down, one side only, the height shrinking faster than the width (Pillow 13 then runs
+    # its vertical pass first) or not, and the 256 px bound down to a 1 px stroke.
+    rng = np.random.default_rng(20261202)
+    sizes = [(w, h, nw, nh) for w in (1, 2, 7, 40) for h in (1, 3, 40) for nw in (1, 5, 40, 61)
+             for nh in (1, 4, 40, 57)]  # fmt: skip
+    sizes += [(256, 256, 20, 20), (256, 9, 20, 1), (9, 256, 1, 20), (1, 1, 20, 20)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 120, 4)) for _ in range(1500)]
+    for w, h, nw, nh in sizes:
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        if rng.random() < 0.5:  # hard edges, where Lanczos overshoots and the clipping counts
+            a = np.where(a > 127, 255, 0).astype(np.uint8)
+        args = (a.tobytes(), w, h, nw, nh)
+        assert _digit.resize_lanczos(*args) == pillow_lanczos(*args), (w, h, nw, nh)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(size=st.tuples(*[st.integers(1, 48)] * 4), data=st.data())
+def test_resize_matches_pillow_on_arbitrary_pixels(size, data):
+    w, h, nw, nh = size
+    pixels = data.draw(st.binary(min_size=w * h, max_size=w * h))
+    assert _digit.resize_lanczos(pixels, w, h, nw, nh) == pillow_lanczos(pixels, w, h, nw, nh)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(width=st.integers(1, 60), height=st.integers(1, 60), data=st.data())
+def test_normalize_digit_matches_on_arbitrary_pixels(width, height, data):
+    pixels = data.draw(st.binary(min_size=width * height, max_size=width * height))
+    args = (pixels, width, height, 20, 28, 32, 32)
+    assert _digit.normalize_digit(*args) == images.normalize_digit_python(*args)
+
+
 @needs_c
 def test_place_digit_with_no_ink_centres_the_box():
     # A box of zeros has no centre of mass; both fall back to the box's own centre.
@@ -162,6 +201,39 @@ def test_place_digit_refuses_what_does_not_fit(args):
 
 
 @needs_c
+@pytest.mark.parametrize(
+    "args",
+    [
+        (bytes(4), 2, 2, 0, 2),  # no pixels out
+        (bytes(4), 2, 2, 2, -1),
+        (bytes(4), 2, 2, 4097, 2),  # past the size bound
+        (bytes(5000 * 1), 5000, 1, 20, 1),
+        (bytes(3), 2, 2, 2, 2),  # a short buffer
+    ],
+)
+def test_resize_refuses_bad_sizes(args):
+    with pytest.raises(ValueError):
+        _digit.resize_lanczos(*args)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "args",
+    [
+        (bytes(100), 10, 10, 0, 28, 32, 32),  # no box
+        (bytes(100), 10, 10, 29, 28, 32, 32),  # the box larger than the canvas
+        (bytes(100), 10, 10, 20, 28, 27, 32),  # the canvas larger than the output
+        (bytes(99), 10, 10, 20, 28, 32, 32),  # a short buffer
+    ],
+)
+def test_normalize_digit_refuses_what_does_not_fit(args):
+    with pytest.raises(ValueError):
+        _digit.normalize_digit(*args)
+    with pytest.raises(ValueError):
+        images.normalize_digit_python(*args)
+
+
+@needs_c
 def test_kernels_take_any_bytes_like_object_and_nothing_else():
     a = np.full((5, 6), 200, np.uint8)
     a[1:4, 2:4] = 0
@@ -173,6 +245,11 @@ def test_kernels_take_any_bytes_like_object_and_nothing_else():
         _digit.find_ink("not bytes", 6, 5)
     with pytest.raises(ValueError, match="contiguous"):
         _digit.find_ink(a[:, ::2], 3, 5)  # not contiguous: refused, never read past its end
+    normalized = images.normalize_digit_python(a.tobytes(), 6, 5, 20, 28, 32, 32)
+    assert _digit.normalize_digit(memoryview(a), 6, 5, 20, 28, 32, 32) == normalized
+    assert _digit.resize_lanczos(bytearray(a.tobytes()), 6, 5, 3, 9) == pillow_lanczos(
+        a.tobytes(), 6, 5, 3, 9
+    )
 
 
 @needs_c
@@ -213,11 +290,20 @@ for i in range(5000):
     args = (rng.integers(0, 256, dw * dh, dtype=np.uint8).tobytes(), dw, dh, canvas,
             canvas + int(rng.integers(0, 5)), canvas + int(rng.integers(0, 5)))
     assert kernel.place_digit(*args) == images.place_digit_python(*args)
+    args = (a.tobytes(), w, h, 20, 28, 32, 32)
+    assert kernel.normalize_digit(*args) == images.normalize_digit_python(*args)
+    nw, nh = (int(v) for v in rng.integers(1, 100, 2))
+    got = kernel.resize_lanczos(a.tobytes(), w, h, nw, nh)
+    assert got == images.Image.frombytes("L", (w, h), a.tobytes()).resize(
+        (nw, nh), images.Image.Resampling.LANCZOS).tobytes()
 for call, args in [
     (kernel.find_ink, (b"\\0" * 3, 2, 2)), (kernel.find_ink, (b"", 1, 1)),
     (kernel.place_digit, (bytes(60), 30, 2, 28, 32, 32)),
     (kernel.place_digit, (bytes(4), 2, 2, 28, 5000, 5000)),
     (kernel.place_digit, (bytes(3), 2, 2, 28, 32, 32)),
+    (kernel.resize_lanczos, (bytes(4), 2, 2, 0, 2)), (kernel.resize_lanczos, (bytes(3), 2, 2, 2, 2)),
+    (kernel.normalize_digit, (bytes(4), 2, 2, 29, 28, 32, 32)),
+    (kernel.normalize_digit, (bytes(3), 2, 2, 20, 28, 32, 32)),
 ]:
     try:
         call(*args)
@@ -272,8 +358,7 @@ def test_an_app_without_the_c_steps_says_so_and_answers_the_same(app, monkeypatc
 
     digit = corpus.encode(corpus.digit(4, 120), "PNG")
     want = app.test_client().post("/predict/mnist", data=digit, content_type="image/png")
-    monkeypatch.setattr(images, "find_ink", images.find_ink_python)  # as without a compiler
-    monkeypatch.setattr(images, "place_digit", images.place_digit_python)
+    monkeypatch.setattr(images, "normalize_digit", images.normalize_digit_python)  # no compiler
     fallback = create_app(models_dir=MODELS_DIR, load_in_background=False)
     assert "service._digit was not built" in caplog.text
     got = fallback.test_client().post("/predict/mnist", data=digit, content_type="image/png")
