@@ -2,8 +2,8 @@
 
 Every input is bytes as a client would upload them; `load` must either return the model input
 (a finite float32 array of the model's shape) or raise one of the service's ApiErrors (answered
-as JSON 4xx). For a digit, the C steps' answer must equal the numpy reference's. Anything else
-(another exception, a mismatch, a hang, runaway memory, a crash in C) is a finding.
+as JSON 4xx). For a digit, the C normalisation's answer must equal the Python reference's.
+Anything else (another exception, a mismatch, a hang, runaway memory, a crash in C) is a finding.
 
     # seeds: small valid images of every format + the hostile corpus of tests/hostile_corpus.py
     python fuzz/fuzz_images.py --make-corpus fuzz/corpus

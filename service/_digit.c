@@ -11,8 +11,8 @@
  * Every value stays exact as in the reference: pixels are integers 0..255 until the one float32
  * multiplication by 255 / peak, which is done in float32 as numpy does it; the resize uses the
  * arithmetic of Pillow 13's resampler (double-precision Lanczos weights turned into 22-bit
- * fixed point, two passes through 8-bit pixels, in Pillow's order); the centre of mass sums integers in doubles (exact far
- * beyond 256x256 pixels).
+ * fixed point, two passes through 8-bit pixels, in Pillow's order); the centre of mass sums
+ * integers in doubles (exact far beyond 256x256 pixels).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -526,10 +526,16 @@ normalize_digit(PyObject *Py_UNUSED(module), PyObject *args) {
     if (check_image(&pixels, width, height) < 0) {
         goto done;
     }
-    if (box_size < 1 || check_placement(box_size, box_size, canvas_size, out_width, out_height) < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_Format(PyExc_ValueError, "the box size is %d; it must be at least 1", box_size);
-        }
+    if (box_size < 1 || box_size > canvas_size || canvas_size > out_width ||
+        canvas_size > out_height || out_width > MAX_SIDE || out_height > MAX_SIDE) {
+        PyErr_Format(
+            PyExc_ValueError,
+            "a %d box does not fit a %d canvas in a %dx%d output",
+            box_size,
+            canvas_size,
+            out_width,
+            out_height
+        );
         goto done;
     }
     const int found = ink_box(pixels.buf, width, height, &box);
@@ -547,9 +553,8 @@ normalize_digit(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     /* The reference's arithmetic: a double scale, Python's round() (halves to even). */
     const double scale = (double)box_size / (box.width > box.height ? box.width : box.height);
-    int new_width = (int)nearbyint(box.width * scale), new_height = (int)nearbyint(box.height * scale);
-    new_width = new_width < 1 ? 1 : new_width;
-    new_height = new_height < 1 ? 1 : new_height;
+    const int new_width = fmax(1.0, nearbyint(box.width * scale));
+    const int new_height = fmax(1.0, nearbyint(box.height * scale));
     scaled = PyMem_Malloc((size_t)new_width * new_height);
     if (scaled == NULL) {
         PyErr_NoMemory();

@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     if images.normalize_digit is images.normalize_digit_python:
         logging.getLogger(__name__).warning(
             "service._digit was not built (no C compiler at install): digits are normalised "
-            "by the numpy reference, with the same answers and about 12 % fewer requests/s"
+            "by the Python reference, with the same answers and about 15 % fewer requests/s"
         )
     metrics = Metrics()
     registry = Registry(
