@@ -2,7 +2,7 @@
 
     service_without("preprocess"):             decode + preprocess cost nothing
     service_without("preprocess", "metrics"):  ... and no metric is recorded either
-    service_with_python_digit():               digit normalisation in numpy and Pillow, not service/_digit.c
+    service_with_python_digit():               the digit normalisation in Python, not in C
 
 Run under the project's Gunicorn config by bench/run.py (targets `service+free-prep`,
 `service+free-prep+no-metrics` and `service+python-digit`). Everything else is the service
