@@ -3,6 +3,8 @@ setuptools feature. Everything else about the package is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
-# Digit normalisation's per-pixel steps (service/images.py has the same in numpy, and uses it
-# where this could not be compiled: optional).
-setup(ext_modules=[Extension("service._digit", ["service/_digit.c"], optional=True)])
+# The digit normalisation (service/images.py has the same in numpy and Pillow, and uses it where
+# this could not be compiled: optional). libm for sin, as Pillow's resampler calls it.
+setup(
+    ext_modules=[Extension("service._digit", ["service/_digit.c"], libraries=["m"], optional=True)]
+)
