@@ -193,10 +193,7 @@ def test_find_ink_refuses_a_buffer_that_is_not_the_image(args):
         ("place_digit", (bytes(20 * 10 - 1), 20, 10, 28, 32, 32)),  # a short buffer
         ("normalize_digit", (bytes(100), 10, 10, 0, 28, 32, 32)),  # no box
         ("normalize_digit", (bytes(100), 10, 10, 29, 28, 32, 32)),  # the box larger than the canvas
-        (
-            "normalize_digit",
-            (bytes(100), 10, 10, 20, 28, 27, 32),
-        ),  # the canvas larger than the output
+        ("normalize_digit", (bytes(100), 10, 10, 20, 28, 27, 32)),  # canvas larger than output
         ("normalize_digit", (bytes(99), 10, 10, 20, 28, 32, 32)),  # a short buffer
     ],
 )
