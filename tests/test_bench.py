@@ -176,3 +176,84 @@ def test_the_python_digit_baseline_serves_the_numpy_reference(app, monkeypatch):
     got = baseline.test_client().post("/predict/mnist", data=digit, content_type="image/png")
     assert got.status_code == want.status_code == 200
     assert got.get_json() == want.get_json()
+
+
+def _row(target, path, body, c, rps, p99=5.0, round_=1, rss=(90, 95), ready=0.6):
+    return {
+        "target": target,
+        "path": path,
+        "body": body,
+        "concurrency": c,
+        "round": round_,
+        "rps": rps,
+        "p50_ms": p99 / 3,
+        "p90_ms": p99 / 2,
+        "p99_ms": p99,
+        "errors": 0,
+        "cpu_us_per_request": 700,
+        "worker_rss_mb": list(rss),
+        "wrk_cpu_pct": 20,
+        "ready_s": ready,
+    }
+
+
+def test_the_report_judges_each_goal_against_the_same_runs_baselines():
+    from bench.report import cells, goals, markdown
+
+    mnist = ("/predict/mnist", "digit28.png")
+    rows = [
+        _row("hello", *mnist, 16, 5000, round_=1),
+        _row("hello", *mnist, 16, 6000, round_=2),
+        _row("hello", *mnist, 16, 5500, round_=3),
+        _row("keras", *mnist, 16, 20),
+        _row("service", *mnist, 16, 2600, p99=21.0, round_=1),
+        _row("service", *mnist, 16, 2400, p99=9.0, round_=2),
+        _row("service", *mnist, 16, 2700, p99=10.0, round_=3),
+        _row("service", "/predict/scenes", "scene32.png", 16, 999, rss=(90, 501), ready=10.5),
+        _row("service", "/features/mnist?encoding=base64", "digit28.png", 16, 800),
+    ]
+    table = cells(rows)
+    service = table[("service", *mnist, 16)]
+    # Medians per field, not the round with the median req/s: 2,600 req/s, p99 10 ms.
+    assert (service.rps, service.rps_low, service.rps_high, service.p99_ms) == (
+        2600,
+        2400,
+        2700,
+        10,
+    )
+    judged = {g.what: (g.measured, g.met) for g in goals(table)}
+    assert judged == {
+        "`/predict/mnist`, one 28x28 PNG, 16 clients": ("2,600 req/s, p99 10.0 ms", True),
+        "... against the hello-world ceiling": ("47 % (hello 5,500 req/s)", False),
+        "... against `model.predict()` per request": ("130x (keras 20 req/s)", True),
+        "`/predict/scenes`, one 32x32 PNG": ("999 req/s, p99 5.0 ms", False),
+        "`/features/mnist`, base64": ("800 req/s, p99 5.0 ms", True),
+        "memory per worker": ("501 MB at most", False),
+        "ready after start": ("10.5 s at most", False),
+    }
+    text = markdown(table)
+    assert "| **service** | `/predict/mnist` one 28x28 PNG | 16 | 2,600 (2,400-2,700) |" in text
+    assert "| hello | `/predict/mnist` one 28x28 PNG | 16 | 5,500 (5,000-6,000) |" in text
+    assert "| **service** | `/predict/mnist` one 28x28 PNG | 2,600 / 10.0 |" in text  # overview
+    # No JPEG cell in this run: that goal is left out rather than reported empty.
+    assert "1024x768" not in text
+
+
+@pytest.mark.server
+@needs_wrk
+def test_the_report_renders_a_real_run(tmp_path):
+    run_bench(tmp_path, "--concurrency", "1", "2", "--only", "hello", "service", "--body", "28")
+    chart = tmp_path / "bench.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.report", str(tmp_path / "bench.json"), "--chart", str(chart)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and " us |" in ln]
+    # hello's one request, the service's digit and its /features, each at 1 and 2 clients.
+    assert len(table) == 6, proc.stdout
+    assert "| `/predict/mnist`, one 28x28 PNG, 16 clients |" not in proc.stdout  # no c=16 cell
+    assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
