@@ -214,16 +214,17 @@ def markdown(table: dict[tuple[str, str, str, int], Cell]) -> str:
 
 
 def chart(table: dict[tuple[str, str, str, int], Cell], path: Path) -> None:
-    """Left: every target on the single-digit request by concurrency (req/s, log scale, and p99).
-    Right: each request the service serves, at each concurrency."""
+    """Top: every target on the one-digit request, req/s and p99 by concurrency (log scales).
+    Bottom: each request the service was sent, at each concurrency."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
 
-    fig, (ax_rps, ax_p99, ax_cases) = plt.subplots(
-        1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.4]}
-    )
+    fig = plt.figure(figsize=(13, 9))
+    grid = fig.add_gridspec(2, 2)
+    ax_rps, ax_p99 = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    ax_cases = fig.add_subplot(grid[1, :])
     targets = list(dict.fromkeys(cell.target for cell in table.values()))
     for target in targets:
         series = sorted(
@@ -251,15 +252,17 @@ def chart(table: dict[tuple[str, str, str, int], Cell], path: Path) -> None:
     ax_rps.set_yscale("log")
     ax_p99.set(title="p99 latency, same requests", xlabel="concurrent clients", ylabel="ms")
     ax_p99.set_yscale("log")
+    levels = sorted({cell.concurrency for cell in table.values()})
     for ax in (ax_rps, ax_p99):
         ax.set_xscale("log", base=2)
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
 
     cases = list(
         dict.fromkeys((cell.path, cell.body) for cell in table.values() if cell.target == "service")
     )
-    levels = sorted({cell.concurrency for cell in table.values() if cell.target == "service"})
     width = 0.8 / max(len(levels), 1)
     for i, c in enumerate(levels):
         heights = [
@@ -267,16 +270,19 @@ def chart(table: dict[tuple[str, str, str, int], Cell], path: Path) -> None:
             for case in cases
         ]
         xs = [j + (i - (len(levels) - 1) / 2) * width for j in range(len(cases))]
-        ax_cases.bar(xs, heights, width, label=f"{c} clients")
+        ax_cases.bar(xs, heights, width, label=f"{c} client{'s' * (c > 1)}")
     ax_cases.set_xticks(
         range(len(cases)),
         [f"{path.split('?')[0]}\n{BODIES.get(body, body)}" for path, body in cases],
-        fontsize=7,
+        fontsize=8,
     )
-    ax_cases.set(title="service, every request", ylabel="req/s")
+    ax_cases.set(title="service: every request it was sent, by concurrent clients", ylabel="req/s")
     ax_cases.set_yscale("log")
+    ax_cases.set_ylim(
+        top=3 * max((cell.rps for cell in table.values() if cell.target == "service"), default=1)
+    )
     ax_cases.grid(True, axis="y", which="both", alpha=0.3)
-    ax_cases.legend(fontsize=8)
+    ax_cases.legend(fontsize=8, loc="upper right", ncols=len(levels))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -4,8 +4,8 @@ The SavedModel stays the artifact. With the default `litert` engine, each model'
 features signatures are converted to a LiteRT flatbuffer once, in a subprocess (only it imports
 TensorFlow), and cached under a key made of the SavedModel's fingerprint. Gunicorn's master does
 this before forking (gunicorn.conf.py), so workers only load the flatbuffer: they never import
-TensorFlow, start in about a second, use a tenth of the memory, and a LeNet call takes about a fifth
-of the time (README, Performance). tests/test_engines.py shows both engines agree within 1e-5.
+TensorFlow, start in about a second, use a sixth of the memory, and a LeNet call takes about a
+tenth of the time (README, Performance). tests/test_engines.py shows both engines agree within 1e-5.
 
 Grad-CAM needs gradients, which LiteRT cannot run (MaxPoolGrad has no LiteRT kernel): the Grad-CAM
 route loads the SavedModel with TensorFlow on its first call, in the worker that serves it.
