@@ -20,11 +20,19 @@ workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 1))
 # CPU-bound work it measured the same throughput as gthread with a far lower p99 (README,
 # Performance). Like every sync server it wants a buffering proxy in front against slow clients
 # (deploy/nginx). Adaptive batching groups concurrent requests inside a worker, so it takes threads.
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or (
+_requested = os.environ.get("GUNICORN_WORKER_CLASS") or (
     "gthread" if Settings.from_env().batching else "sync"
 )
-# Threads per gthread worker. Gunicorn turns a sync worker with more than one thread into gthread.
-threads = int(os.environ.get("GUNICORN_THREADS") or (4 if worker_class == "gthread" else 1))
+# Threads per gthread worker.
+threads = int(os.environ.get("GUNICORN_THREADS") or (4 if _requested == "gthread" else 1))
+# gthread here is Gunicorn's, with kept-alive connections spread over the workers by how many each
+# holds (service/workers.py); Gunicorn itself would turn sync with several threads into gthread.
+THREADED_WORKER = "service.workers.BalancedThreadWorker"
+worker_class = (
+    THREADED_WORKER
+    if _requested == "gthread" or (_requested == "sync" and threads > 1)
+    else _requested
+)
 # A sync worker is silent to the master while it serves: the first Grad-CAM loads TensorFlow.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))

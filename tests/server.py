@@ -148,6 +148,26 @@ class GunicornServer:
         )
         return [int(p) for p in out.stdout.split()]
 
+    def worker_holding(self, client: socket.socket) -> int:
+        """The worker pid whose file descriptors include the server side of `client`'s
+        connection (Linux: /proc/net/tcp, then each worker's fds)."""
+        want = f":{client.getsockname()[1]:04X}"
+        inode = None
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            parts = line.split()
+            local, remote = parts[1], parts[2]
+            if local.endswith(f":{self.port:04X}") and remote.endswith(want):
+                inode = parts[9]
+        assert inode, "server side of the connection not found"
+        for pid in self.worker_pids():
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return pid
+                except OSError:
+                    pass
+        raise AssertionError("no worker holds the connection")
+
     def __enter__(self) -> GunicornServer:
         return self.start()
 

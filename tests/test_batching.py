@@ -131,4 +131,4 @@ def test_the_served_batching_mode_answers_each_request_what_the_sync_server_does
             if status == 200
             else body["error"]["code"] == want_body["error"]["code"]
         )
-    assert "gthread" in log, log
+    assert "Using worker: service.workers.BalancedThreadWorker" in log, log

@@ -223,9 +223,12 @@ def test_the_container_runs_the_worker_class_the_benchmark_chose():
         return proc.stdout.split()
 
     assert effective({}) == ["sync", "1", env["GUNICORN_WORKERS"]]
-    # The check itself can tell: threads, or batching, turn the workers into gthread.
-    assert effective({"GUNICORN_THREADS": "4"})[:2] == ["gthread", "4"]
-    assert effective({"CONVNET_BATCHING": "1"})[:2] == ["gthread", "4"]
+    # The check itself can tell: threads, or batching, turn the workers into (this project's)
+    # gthread.
+    threaded = "service.workers.BalancedThreadWorker"
+    assert effective({"GUNICORN_THREADS": "4"})[:2] == [threaded, "4"]
+    assert effective({"CONVNET_BATCHING": "1"})[:2] == [threaded, "4"]
+    assert effective({"GUNICORN_WORKER_CLASS": "gthread"})[:2] == [threaded, "4"]
 
 
 def test_metrics_dir_is_writable_on_a_read_only_root():

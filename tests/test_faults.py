@@ -299,27 +299,6 @@ def test_clients_keeping_their_socket_after_the_response_do_not_hold_the_worker(
 # --- (b) a worker killed mid-request ----------------------------------------------------------
 
 
-def worker_holding(srv: GunicornServer, client: socket.socket) -> int:
-    """The worker pid whose file descriptors include the server side of `client`'s connection."""
-    local_port = client.getsockname()[1]
-    want = f"{local_port:04X}"
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        parts = line.split()
-        local, remote = parts[1], parts[2]
-        if local.endswith(f":{srv.port:04X}") and remote.endswith(f":{want}"):
-            inode = parts[9]
-    assert inode, "server side of the connection not found"
-    for pid in srv.worker_pids():
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return pid
-            except OSError:
-                pass
-    raise AssertionError("no worker holds the connection")
-
-
 def ready_pids(srv: GunicornServer) -> set[int]:
     """Workers that report their models loaded (the liveall gauge has a pid label)."""
     text = requests.get(f"{srv.url}/metrics", timeout=10).text
@@ -342,7 +321,7 @@ def test_worker_killed_mid_request_is_replaced_and_metrics_keep_completed(tmp_pa
             + DIGIT[: len(DIGIT) // 2]
         )
         time.sleep(0.5)
-        victim = worker_holding(srv, client)
+        victim = srv.worker_holding(client)
         old_pids = set(srv.worker_pids())
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
