@@ -93,6 +93,7 @@ TARGETS = {
     "service+gthread": {"app": None, "env": {"GUNICORN_WORKER_CLASS": "gthread"}},
     # The deployed shape: the compose file's nginx in front, wrk talking to nginx.
     "service+nginx": {"app": None, "env": {}, "nginx": True},
+    "service+batching+nginx": {"app": None, "env": {"CONVNET_BATCHING": "1"}, "nginx": True},
     # Upper bounds (bench/ablations.py): the service with decode + preprocess free, then also
     # without metrics.
     "service+free-prep": {"app": "bench.ablations:service_without('preprocess')", "env": {}},

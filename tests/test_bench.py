@@ -70,19 +70,20 @@ def test_bench_runs_the_service_and_its_ceiling_side_by_side(tmp_path):
 @pytest.mark.server
 @needs_wrk
 @pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (apt-get install nginx)")
-def test_bench_drives_the_service_through_the_deployed_nginx(tmp_path):
+@pytest.mark.parametrize("target", ["service+nginx", "service+batching+nginx"])
+def test_bench_drives_the_service_through_the_deployed_nginx(tmp_path, target):
     [row] = run_bench(
         tmp_path,
         "--concurrency",
         "4",
         "--only",
-        "service+nginx",
+        target,
         "--path",
         "/predict/mnist",
         "--body",
         "digit28",
     )[0]
-    assert row["target"] == "service+nginx" and row["errors"] == 0, row
+    assert row["target"] == target and row["errors"] == 0, row
     # The requests went through nginx (it worked), and reached the service (its histograms moved).
     assert row["proxy_cpu_pct"] > 0 and row["rps"] > 0, row
     assert 0 < row["prep_us"] + row["model_us"] < row["app_us"], row
