@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,12 +21,17 @@ def test_a_worker_waits_before_accepting_longer_the_more_connections_it_holds(mo
     monkeypatch.setattr(workers.time, "sleep", slept.append)
     monkeypatch.setattr(workers.ThreadWorker, "accept", lambda self, listener: accepted.append(1))
     worker = object.__new__(workers.BalancedThreadWorker)  # the rule alone, no process
+    worker.cfg = SimpleNamespace(workers=2)
     for held in (0, 1, 3, 40, 1000):
         worker.nr_conns = held
         worker.accept(listener=None)
     # None held: at once. Then 50 us per connection held, never more than 2 ms; always accepted.
     assert slept == pytest.approx([50e-6, 150e-6, 0.002, 0.002])
     assert len(accepted) == 5
+    # A lone worker has no one to give way to: it never waits.
+    worker.cfg = SimpleNamespace(workers=1)
+    worker.accept(listener=None)
+    assert len(slept) == 4 and len(accepted) == 6
 
 
 def _send(sock: socket.socket) -> None:
