@@ -51,6 +51,16 @@ def _multipart(files: list[bytes], boundary: str) -> bytes:
     return b"".join(parts) + f"--{boundary}--\r\n".encode()
 
 
+# Each body as a table names it (bench/report.py).
+LABELS = {
+    "digit28.png": "one 28x28 PNG",
+    "digits16.form": "16 digits, multipart",
+    "scene32.png": "one 32x32 PNG",
+    "photo1024.jpg": "1024x768 JPEG",
+    "phone12mp.jpg": "12 MP phone photo",
+}
+
+
 def make_bodies(folder: Path, names: set[str] | None = None) -> dict[str, Path]:
     """The request bodies, written into `folder`: all of them, or only `names`."""
     digit = _digit()

@@ -17,15 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.bodies import LABELS
+
 MNIST = ("/predict/mnist", "digit28.png")
-# What each generated body is, for people reading the table.
-BODIES = {
-    "digit28.png": "one 28x28 PNG",
-    "digits16.form": "16 digits, multipart",
-    "scene32.png": "one 32x32 PNG",
-    "photo1024.jpg": "1024x768 JPEG",
-    "phone12mp.jpg": "12 MP phone photo",
-}
 
 
 @dataclass(frozen=True)
@@ -173,7 +167,7 @@ def overview_markdown(table: dict[tuple[str, str, str, int], Cell]) -> str:
             f"{by_c[c].rps:,.0f} / {by_c[c].p99_ms:.1f}" if c in by_c else "" for c in levels
         ]
         lines.append(
-            f"| {_name(target)} | `{path}` {BODIES.get(body, body)} | " + " | ".join(figures) + " |"
+            f"| {_name(target)} | `{path}` {LABELS.get(body, body)} | " + " | ".join(figures) + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -196,7 +190,7 @@ def markdown(table: dict[tuple[str, str, str, int], Cell]) -> str:
         if cell.rounds > 1:
             rps += f" ({cell.rps_low:,.0f}-{cell.rps_high:,.0f})"
         name = _name(cell.target)
-        request = f"`{cell.path}` {BODIES.get(cell.body, cell.body)}"
+        request = f"`{cell.path}` {LABELS.get(cell.body, cell.body)}"
         lines.append(
             f"| {name} | {request} | {cell.concurrency} | {rps} | {cell.p50_ms:.2f} | "
             f"{cell.p90_ms:.2f} | {cell.p99_ms:.2f} | {cell.errors} | {cell.cpu_us:,.0f} us | "
@@ -265,7 +259,7 @@ def chart(table: dict[tuple[str, str, str, int], Cell], path: Path) -> None:
         ax_cases.bar(xs, heights, width, label=f"{c} client{'s' * (c > 1)}")
     ax_cases.set_xticks(
         range(len(cases)),
-        [f"{path.split('?')[0]}\n{BODIES.get(body, body)}" for path, body in cases],
+        [f"{path.split('?')[0]}\n{LABELS.get(body, body)}" for path, body in cases],
         fontsize=8,
     )
     ax_cases.set(title="service: every request it was sent, by concurrent clients", ylabel="req/s")

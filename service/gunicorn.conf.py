@@ -16,10 +16,11 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # TensorFlow is not fork-safe: every worker imports the app and loads the models after the fork.
 preload_app = False
 workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 1))
-# sync: one request at a time per process; the kernel queues the rest in FIFO order. For this
-# CPU-bound work it measured the same throughput as gthread with a far lower p99 (README,
-# Performance). Like every sync server it wants a buffering proxy in front against slow clients
-# (deploy/nginx). Adaptive batching groups concurrent requests inside a worker, so it takes threads.
+# sync: one request at a time per process; the kernel queues the rest in FIFO order. It measured
+# the fastest for a lone client and the lowest p99 at every load; batching serves more under load
+# (README, Performance). Like every sync server it wants a buffering proxy in front against slow
+# clients (deploy/nginx). Adaptive batching groups concurrent requests inside a worker, so it
+# takes threads.
 _requested = os.environ.get("GUNICORN_WORKER_CLASS") or (
     "gthread" if Settings.from_env().batching else "sync"
 )
