@@ -47,6 +47,18 @@ def area_of(stack: list[str]) -> str:
     return "other"
 
 
+def _records(raw: str) -> list[str]:
+    """py-spy's raw lines, `frame;frame;... count`. A frame's name can hold newlines (the repr of
+    a Werkzeug proxy outside a request), so a record ends only at a line ending in a count."""
+    records, pending = [], ""
+    for line in raw.splitlines():
+        pending += line
+        if line.rpartition(" ")[2].isdigit():
+            records.append(pending)
+            pending = ""
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.profile", description=__doc__.split("\n\n")[0]
@@ -122,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         frames: collections.Counter[str] = collections.Counter()
         areas: collections.Counter[str] = collections.Counter()
         total = 0
-        for line in out.read_text().splitlines():
-            stack_text, _, count = line.rpartition(" ")
+        for record in _records(out.read_text()):
+            stack_text, _, count = record.rpartition(" ")
             stack = stack_text.split(";")
             n = int(count)
             total += n

@@ -258,3 +258,21 @@ def test_the_report_renders_a_real_run(tmp_path):
     assert len(table) == 6, proc.stdout
     assert "| `/predict/mnist`, one 28x28 PNG, 16 clients |" not in proc.stdout  # no c=16 cell
     assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_profile_reads_py_spy_records_whose_frame_names_span_lines():
+    from bench.profile import _records, area_of
+
+    # py-spy --gil names a Werkzeug proxy by its repr, which holds an error message with newlines.
+    raw = (
+        "run (gunicorn/arbiter.py:1);decode (service/images.py:80) 7\n"
+        "wsgi_app (flask/app.py:1);__package__ (__doc__:3); (Working outside of\n"
+        "\n"
+        "application context.);inc (prometheus_client/values.py:115) 2\n"
+    )
+    records = _records(raw)
+    assert [r.rpartition(" ")[2] for r in records] == ["7", "2"]
+    assert [area_of(r.rpartition(" ")[0].split(";")) for r in records] == [
+        "decode+preprocess",
+        "metrics",
+    ]
