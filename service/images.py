@@ -239,12 +239,20 @@ def normalize_digit_python(
     canvas_size: int,
     out_width: int,
     out_height: int,
+    scale: float | None = None,
 ) -> bytes:
     """A greyscale digit, MNIST style: the ink found, scaled into a box_size square keeping the
-    aspect ratio, then placed (out_height * out_width bytes, all 0 when there is no ink).
+    aspect ratio, then placed (out_height * out_width bytes, all 0 when there is no ink). With a
+    scale, those bytes times float32(scale) as native float32s instead: the model's input.
 
     The reference for service/_digit.c's normalize_digit, which must return the same bytes.
     """
+    if scale is not None:
+        placed = normalize_digit_python(
+            pixels, width, height, box_size, canvas_size, out_width, out_height
+        )
+        scaled = np.multiply(np.frombuffer(placed, np.uint8), np.float32(scale), dtype=np.float32)
+        return scaled.tobytes()
     if not 1 <= box_size <= canvas_size <= min(out_width, out_height):
         raise ValueError(
             f"a {box_size} box does not fit a {canvas_size} canvas "
@@ -267,20 +275,31 @@ except ImportError:  # a compiler-less install: the same answers, slower
     normalize_digit = normalize_digit_python
 
 
-def mnist_digit(img: Image.Image, height: int, width: int, digit: dict[str, Any]) -> np.ndarray:
-    """A greyscale image of a digit -> (height, width) uint8 array, MNIST style.
+def mnist_digit(
+    img: Image.Image, height: int, width: int, digit: dict[str, Any], scale: float
+) -> np.ndarray:
+    """A greyscale image of a digit -> (height, width) float32 array of its bytes times `scale`,
+    MNIST style.
 
     normalize_digit is service/_digit.c's where it was built, else the reference above;
-    tests/test_digit_kernel.py holds them to the same bytes.
+    tests/test_digit_kernel.py holds them to the same bytes. It scales to floats itself: a numpy
+    pass over the pixels costs more than the C loop under load (README, Performance).
     """
     # Work at a bounded size: a 12 MP photo of a digit needs no more than ~256 px for a 20 px box.
     if max(img.size) > 256:
         img = img.copy()
         img.thumbnail((256, 256), Image.Resampling.BOX)
     placed = normalize_digit(
-        img.tobytes(), img.width, img.height, digit["box_size"], digit["canvas_size"], width, height
+        img.tobytes(),
+        img.width,
+        img.height,
+        digit["box_size"],
+        digit["canvas_size"],
+        width,
+        height,
+        scale,
     )
-    return np.frombuffer(placed, np.uint8).reshape(height, width)
+    return np.frombuffer(placed, np.float32).reshape(height, width)
 
 
 def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
@@ -291,17 +310,18 @@ def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     if spec["resize"] == "mnist_digit":
         background = _background_for(img, background)
     img = to_mode(img, spec["color_mode"], background)
+    # Pixels times the scale in float32: uint8 -> float32 is exact, so every route to it (one
+    # numpy ufunc, not astype, * and +; or the digit kernel's own loop) gives the same floats.
     if spec["resize"] == "mnist_digit":
-        arr = mnist_digit(img, h, w, spec["digit"])
+        out = mnist_digit(img, h, w, spec["digit"], spec["scale"])
     elif spec["resize"] == "center_crop":
-        arr = np.asarray(center_crop(img, h, w))
+        out = np.multiply(
+            np.asarray(center_crop(img, h, w)), np.float32(spec["scale"]), dtype=np.float32
+        )
     else:
         raise ValueError(f"unknown resize policy {spec['resize']!r} in the model's metadata")
-    # One ufunc call instead of astype, * and + (each numpy call costs 5-7 us under load, when
-    # the caches are cold): uint8 -> float32 is exact, so the product is the same float32.
-    out = np.multiply(arr, np.float32(spec["scale"]), dtype=np.float32)
-    if spec["offset"]:  # x + 0.0 is x: the models here have no offset
-        out += np.float32(spec["offset"])
+    if spec["offset"]:  # x + 0.0 is x: the models here have no offset (and out may be read-only)
+        out = out + np.float32(spec["offset"])
     return out.reshape(h, w, -1)
 
 

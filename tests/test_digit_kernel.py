@@ -76,10 +76,10 @@ def both_ways(img: Image.Image, monkeypatch: pytest.MonkeyPatch) -> tuple[np.nda
     """mnist_digit with the C normalisation, then with the reference."""
     with monkeypatch.context() as m:
         m.setattr(images, "normalize_digit", _digit.normalize_digit)
-        native = images.mnist_digit(img, 32, 32, DIGIT)
+        native = images.mnist_digit(img, 32, 32, DIGIT, 1 / 255)
     with monkeypatch.context() as m:
         m.setattr(images, "normalize_digit", images.normalize_digit_python)
-        reference = images.mnist_digit(img, 32, 32, DIGIT)
+        reference = images.mnist_digit(img, 32, 32, DIGIT, 1 / 255)
     return native, reference
 
 
@@ -159,6 +159,12 @@ def test_normalize_digit_matches_on_arbitrary_pixels(width, height, data):
     pixels = data.draw(st.binary(min_size=width * height, max_size=width * height))
     args = (pixels, width, height, 20, 28, 32, 32)
     assert _digit.normalize_digit(*args) == images.normalize_digit_python(*args)
+    # Scaled to float32, as the service calls it: any finite scale, the same bits.
+    scale = data.draw(st.floats(-1e3, 1e3, allow_nan=False) | st.just(1 / 255))
+    floats = _digit.normalize_digit(*args, scale)
+    assert floats == images.normalize_digit_python(*args, scale)
+    placed = np.frombuffer(_digit.normalize_digit(*args), np.uint8)
+    assert np.array_equal(np.frombuffer(floats, np.float32), placed * np.float32(scale))
 
 
 @needs_c
@@ -234,6 +240,8 @@ def test_kernels_take_any_bytes_like_object_and_nothing_else():
         _digit.find_ink(a[:, ::2], 3, 5)  # not contiguous: refused, never read past its end
     normalized = images.normalize_digit_python(a.tobytes(), 6, 5, 20, 28, 32, 32)
     assert _digit.normalize_digit(memoryview(a), 6, 5, 20, 28, 32, 32) == normalized
+    with pytest.raises(TypeError):  # a scale is a number
+        _digit.normalize_digit(a, 6, 5, 20, 28, 32, 32, "1/255")
     assert _digit.resize_lanczos(bytearray(a.tobytes()), 6, 5, 3, 9) == pillow_lanczos(
         a.tobytes(), 6, 5, 3, 9
     )
@@ -279,6 +287,7 @@ for i in range(5000):
     assert kernel.place_digit(*args) == images.place_digit_python(*args)
     args = (a.tobytes(), w, h, 20, 28, 32, 32)
     assert kernel.normalize_digit(*args) == images.normalize_digit_python(*args)
+    assert kernel.normalize_digit(*args, 1 / 255) == images.normalize_digit_python(*args, 1 / 255)
     nw, nh = (int(v) for v in rng.integers(1, 100, 2))
     got = kernel.resize_lanczos(a.tobytes(), w, h, nw, nh)
     assert got == images.Image.frombytes("L", (w, h), a.tobytes()).resize(
