@@ -119,6 +119,23 @@ def test_pixels_are_scaled_exactly_as_the_metadata_says(offset):
     assert got.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("offset", [0.0, -0.5])
+def test_a_digit_is_scaled_exactly_as_the_metadata_says(offset):
+    # The digit kernel writes the floats itself: they are its placed bytes * scale + offset in
+    # float32, bit for bit, as numpy computes them for photos.
+    digit = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(digit).line([(8, 6), (20, 6), (12, 23)], fill=255, width=2)
+    spec = {**DIGIT, "offset": offset}
+    got = images.load(corpus.encode(digit, "PNG"), spec, LIMITS)
+    placed = np.frombuffer(
+        images.normalize_digit(digit.tobytes(), 28, 28, 20, 28, 32, 32), np.uint8
+    ).reshape(32, 32, 1)
+    want = placed.astype(np.float32) * np.float32(spec["scale"]) + np.float32(offset)
+    assert got.dtype == np.float32 and got.shape == (32, 32, 1)
+    assert len(np.unique(placed)) > 10  # grey levels from the resize, not just ink and paper
+    assert got.tobytes() == want.tobytes()
+
+
 def test_large_jpeg_photo_is_resized_with_antialiasing():
     # Fine stripes alias into bands without a low-pass filter; with one they average to grey.
     arr = np.zeros((2400, 3200, 3), np.uint8)
