@@ -21,12 +21,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class _Job:
     make: Callable[[], np.ndarray]  # the input, made in the batching thread
     size: int  # rows the input will have
     x: np.ndarray | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    # Released by the batching thread once result or error is set. A held lock is the cheapest
+    # one-shot signal between two threads: an Event's wait builds a Condition's waiter each time.
+    done: threading.Lock = field(default_factory=_held_lock)
     result: np.ndarray | None = None
     error: BaseException | None = None
 
@@ -56,7 +64,7 @@ class Batcher:
         batching thread together with other callers' rows; what `make` raises is raised here."""
         job = _Job(make, size)
         self._queue.put(job)
-        job.done.wait()
+        job.done.acquire()
         if job.error is not None:
             raise job.error
         return job.result
@@ -88,7 +96,7 @@ class Batcher:
                     jobs.append(job)
                 except BaseException as exc:  # this caller's input only: the others go on
                     job.error = exc
-                    job.done.set()
+                    job.done.release()
             if not jobs:
                 continue
             try:
@@ -105,4 +113,4 @@ class Batcher:
                 for job in jobs:
                     job.error = exc
             for job in jobs:
-                job.done.set()
+                job.done.release()
