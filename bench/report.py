@@ -86,10 +86,17 @@ def _get(table: dict, target: str, case: tuple[str, str], c: int) -> Cell | None
     return table.get((target, *case, c))
 
 
-def goals(table: dict[tuple[str, str, str, int], Cell], concurrency: int = 16) -> list[Goal]:
-    """The performance issue's goals, from the cells of one run."""
+# The ways the service itself serves, each judged against the goals (the other service+ targets
+# are a proxy in front, another engine, or upper bounds that are not ways to serve).
+JUDGED = ("service", "service+batching")
+
+
+def goals(
+    table: dict[tuple[str, str, str, int], Cell], concurrency: int = 16, target: str = "service"
+) -> list[Goal]:
+    """The performance issue's goals for one target, from the cells of one run."""
     c = concurrency
-    service = _get(table, "service", MNIST, c)
+    service = _get(table, target, MNIST, c)
     out = []
     if service:
         out.append(
@@ -119,14 +126,14 @@ def goals(table: dict[tuple[str, str, str, int], Cell], concurrency: int = 16) -
         (("/predict/scenes", "photo1024.jpg"), "`/predict/scenes`, 1024x768 JPEG", None),
         (("/features/mnist?encoding=base64", "digit28.png"), "`/features/mnist`, base64", 500),
     ):
-        cell = _get(table, "service", case, c)
+        cell = _get(table, target, case, c)
         if cell:
             measured = f"{cell.rps:,.0f} req/s, p99 {cell.p99_ms:.1f} ms"
             if floor is None:
                 out.append(Goal(what, "report it", measured, None))
             else:
                 out.append(Goal(what, f">= {floor:,} req/s", measured, cell.rps >= floor))
-    served = [cell for cell in table.values() if cell.target == "service"]
+    served = [cell for cell in table.values() if cell.target == target]
     if served:
         rss = max(cell.rss_mb for cell in served)
         ready = max(cell.ready_s for cell in served)
@@ -140,11 +147,21 @@ def _verdict(met: bool | None) -> str:
 
 
 def goals_markdown(table: dict[tuple[str, str, str, int], Cell]) -> str:
-    lines = [
-        "| goal | asked | measured | |",
-        "|---|---|---|---|",
-        *(f"| {g.what} | {g.goal} | {g.measured} | {_verdict(g.met)} |" for g in goals(table)),
-    ]
+    """One row per goal, a measured column and a verdict for each judged target in the run."""
+    judged = {t: goals(table, target=t) for t in JUDGED}
+    judged = {t: found for t, found in judged.items() if found}
+    rows: dict[tuple[str, str], dict[str, Goal]] = {}
+    for target, found in judged.items():
+        for g in found:
+            rows.setdefault((g.what, g.goal), {})[target] = g
+    header = ["goal", "asked", *(name for t in judged for name in (_name(t), ""))]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---|---|" * len(judged)]
+    for (what, asked), by_target in rows.items():
+        cells = [
+            f"{g.measured} | {_verdict(g.met)}" if (g := by_target.get(t)) else " | "
+            for t in judged
+        ]
+        lines.append(f"| {what} | {asked} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
