@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
         settings=settings,
         registry=registry,
         metrics=metrics,
-        limits=images.Limits(max_pixels=settings.max_pixels),
+        limits=images.Limits(
+            max_pixels=settings.max_pixels, max_request_pixels=settings.max_request_pixels
+        ),
     )
 
     errors.register(app)

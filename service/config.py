@@ -13,7 +13,8 @@ from service.engines import ENGINES
 class Settings:
     models_dir: Path = Path("models")
     max_body_bytes: int = 20 * 1024 * 1024  # a 12 MP phone JPEG/HEIC is 2-8 MB
-    max_pixels: int = 40_000_000
+    max_pixels: int = 40_000_000  # per image
+    max_request_pixels: int = 100_000_000  # all of one request's images, as decoded
     max_batch: int = 64  # images per /predict request
     # litert: a LiteRT engine converted from each SavedModel at start (fast, small workers);
     # tensorflow: the SavedModel's signatures through TensorFlow. See service/engines.py.

@@ -42,11 +42,28 @@ def _sniff(data: bytes) -> str | None:
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "TIFF"
     if data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in (b"avif", b"avis"):
-            return "AVIF"
-        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
-            return "HEIF"
+        return _sniff_ftyp(data)
+    return None
+
+
+_AVIF_BRANDS = {b"avif", b"avis"}
+_HEVC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"}
+
+
+def _sniff_ftyp(data: bytes) -> str | None:
+    """AVIF or HEIF from an ISO-BMFF ftyp box: its major brand, then its compatible brands (an
+    AVIF may name the generic image brand `mif1` first and `avif` only among the compatible)."""
+    major = data[8:12]
+    size = min(int.from_bytes(data[:4], "big"), len(data), 256)
+    compatible = {data[i : i + 4] for i in range(16, size - 3, 4)}  # after the minor version
+    if major in _AVIF_BRANDS:
+        return "AVIF"
+    if major in _HEVC_BRANDS:
+        return "HEIF"
+    if compatible & _AVIF_BRANDS:
+        return "AVIF"
+    if major in (b"mif1", b"msf1") or compatible & _HEVC_BRANDS:
+        return "HEIF"
     return None
 
 
@@ -54,6 +71,25 @@ def _sniff(data: bytes) -> str | None:
 class Limits:
     max_pixels: int = 40_000_000  # a 48 MP phone sensor bins to 12 MP; 40 MP leaves room
     max_side: int = 20_000
+    # All the images of one request together, as decoded (a JPEG at its DCT-scaled size): 64
+    # images of 40 MP would hold a worker for minutes, past Gunicorn's timeout.
+    max_request_pixels: int = 100_000_000
+
+
+class PixelBudget:
+    """The pixels one request may still decode: Limits.max_request_pixels, spent image by image
+    before each one's pixels are read."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limit = self.left = limits.max_request_pixels
+
+    def spend(self, width: int, height: int) -> None:
+        if width * height > self.left:
+            raise TooLarge(
+                f"the request's images hold more than {self.limit} pixels together; "
+                "send fewer or smaller images per request"
+            )
+        self.left -= width * height
 
 
 def register_plugins() -> None:
@@ -63,8 +99,14 @@ def register_plugins() -> None:
     register_heif_opener()
 
 
-def decode(data: bytes, limits: Limits, draft_size: int | None = None) -> Image.Image:
-    """Decode the first frame of an allowlisted image, checking its size before any pixel is read."""
+def decode(
+    data: bytes,
+    limits: Limits,
+    draft_size: int | None = None,
+    budget: PixelBudget | None = None,
+) -> Image.Image:
+    """Decode the first frame of an allowlisted image, checking its size (and the request's
+    `budget`) before any pixel is read."""
     if not data:
         raise UndecodableImage("the image is empty (0 bytes)")
     fmt = _sniff(data)
@@ -89,6 +131,8 @@ def decode(data: bytes, limits: Limits, draft_size: int | None = None) -> Image.
         if draft_size and img.format == "JPEG":
             # DCT scaling in the JPEG decoder: a 12 MP photo decodes at 1/8 size, far faster.
             img.draft(img.mode, (draft_size, draft_size))
+        if budget is not None:
+            budget.spend(*img.size)  # after draft: the pixels that will be decoded
         img.load()  # first frame only for GIF/WebP/TIFF; later frames are never decoded
         return img
     except (TooLarge, UndecodableImage):
@@ -128,28 +172,39 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
+# Modes with an alpha channel. Palette, greyscale and RGB images may carry a colour key instead
+# (PNG's tRNS chunk, a GIF's transparent index): "transparency" in their info.
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in _ALPHA_MODES or "transparency" in img.info
+
+
 def _flatten_alpha(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Composite transparency onto `background` (black would turn a transparent PNG into night)."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":
+    if _has_alpha(img):
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # a colour key becomes alpha
         canvas = Image.new("RGB", img.size, background)
-        canvas.paste(img, mask=img.getchannel("A"))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    return img
+    return img.convert("RGB") if img.mode == "P" else img
 
 
 def _background_for(img: Image.Image, default: tuple[int, int, int]) -> tuple[int, int, int]:
     """For digits: strokes drawn in white on a transparent canvas go onto black, not white."""
-    if img.mode not in ("RGBA", "LA", "PA", "P"):
+    if not _has_alpha(img):
         return default
-    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
-    alpha = rgba[..., 3] / 255.0
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+    if max(rgba.size) > 256:
+        # The alpha-weighted tone survives a box reduction (Pillow averages RGBA premultiplied);
+        # at full size a 40 MP image would take 640 MB of floats and seconds.
+        rgba = ImageOps.contain(rgba, (256, 256), method=Image.Resampling.BOX)
+    pixels = np.asarray(rgba, dtype=np.float32)
+    alpha = pixels[..., 3] / 255.0
     if alpha.sum() < 1 or alpha.min() > 0.99:
         return default
-    tone = (rgba[..., :3].mean(axis=2) * alpha).sum() / alpha.sum()
+    tone = (pixels[..., :3].mean(axis=2) * alpha).sum() / alpha.sum()
     default_tone = sum(default) / 3
     if abs(tone - default_tone) < 64:  # ink the colour of the background: use the opposite
         return (0, 0, 0) if default_tone > 127 else (255, 255, 255)
@@ -158,6 +213,8 @@ def _background_for(img: Image.Image, default: tuple[int, int, int]) -> tuple[in
 
 def to_mode(img: Image.Image, color_mode: str, background: tuple[int, int, int]) -> Image.Image:
     img = _flatten_alpha(_to_8bit(img), background)
+    if img.mode in ("LAB", "HSV"):  # Pillow converts these to RGB only (a CIELab TIFF)
+        img = img.convert("RGB")
     target = {"grayscale": "L", "rgb": "RGB"}[color_mode]
     # CMYK, YCbCr, 1-bit, palette: Pillow's conversions (JPEG's Adobe CMYK inversion included).
     return img if img.mode == target else img.convert(target)
@@ -331,7 +388,9 @@ def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
 DRAFT_FACTOR = {"center_crop": 4, "mnist_digit": 8}
 
 
-def load(data: bytes, spec: dict[str, Any], limits: Limits) -> np.ndarray:
+def load(
+    data: bytes, spec: dict[str, Any], limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
     """Decode and preprocess one image for a model: bytes -> float32 (H, W, C)."""
     draft = DRAFT_FACTOR.get(spec["resize"], 8) * max(spec["height"], spec["width"])
-    return preprocess(decode(data, limits, draft_size=draft), spec)
+    return preprocess(decode(data, limits, draft_size=draft, budget=budget), spec)

@@ -20,9 +20,10 @@ def prepare(
 ) -> np.ndarray:
     """Decode and preprocess every image: a float32 batch (N, H, W, C) in request order."""
     arrays = []
+    budget = images.PixelBudget(limits)
     for data in payloads:
         started = time.perf_counter()
-        arrays.append(images.load(data, model.preprocessing, limits))
+        arrays.append(images.load(data, model.preprocessing, limits, budget))
         metrics.child(metrics.preprocess, model.name).observe(time.perf_counter() - started)
     # Most requests carry one image: a view with a batch axis, not np.stack's five numpy calls.
     return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
@@ -74,10 +75,11 @@ def predict(model: Model, payloads: list[bytes], limits: images.Limits, metrics:
 
 
 def select_layers(model: Model, requested: str | None) -> list[dict]:
-    """The layer table rows named in `requested` (comma-separated), in network order."""
-    if not requested:
+    """The layer table rows named in `requested` (comma-separated), in network order; every
+    layer when it names none (absent, empty, or only commas and spaces)."""
+    names = [n.strip() for n in (requested or "").split(",") if n.strip()]
+    if not names:
         return model.layers
-    names = [n.strip() for n in requested.split(",") if n.strip()]
     known = {row["name"] for row in model.layers}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -117,12 +119,13 @@ def gradcam(
         raise BadRequest(f"model {model.name} was exported without a Grad-CAM signature")
     if encoding not in codecs.ENCODINGS:
         raise BadRequest(f"unknown encoding {encoding!r}; use one of {', '.join(codecs.ENCODINGS)}")
-    probs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
-    prediction = describe(model, probs, metrics)[0]
-    if class_name is None:
-        class_name = prediction["label"]
-    elif class_name not in model.classes:
+    if class_name is not None and class_name not in model.classes:
         raise BadRequest(f"unknown class {class_name!r}; classes: {model.classes}")
+    # The engine itself, not model.predict: with batching on, the batcher would record this call
+    # a second time, and one image has nothing to share a call with.
+    probs = _timed(metrics, model, "predict", batch, lambda: model.engine.predict(batch))
+    prediction = describe(model, probs, metrics)[0]
+    class_name = class_name or prediction["label"]
     index = np.array([model.classes.index(class_name)], np.int32)
     heatmap = _timed(metrics, model, "gradcam", batch, lambda: model.gradcam(batch, index))
     return {

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image, ImageDraw
 
 from tests import corpus, hostile_corpus
 from tests.hostile_corpus import Payload
@@ -159,6 +160,25 @@ def test_awkward_but_valid_images_are_answered_fast_first_frame_only(server):
         assert seconds < REQUEST_BOUND, (p.kind, seconds)
         rows.append((p.kind, r.status_code, seconds))
     print_table("awkward but valid", rows)
+
+
+def test_a_request_decodes_at_most_its_pixel_budget(server):
+    # Three 36 MP PNGs (150 KB each, mostly transparent): each is within the per-image limit,
+    # but together they pass the 100 MP a request may decode, which a sync worker would spend
+    # seconds on each and, 64 images of them, past Gunicorn's timeout. The third is refused
+    # from its header; one alone is answered.
+    big = Image.new("RGBA", (6000, 6000), (255, 255, 255, 0))
+    ImageDraw.Draw(big).line([(2000, 1500), (4000, 1500), (2800, 4500)], fill="white", width=400)
+    png = corpus.encode(big, "PNG")
+    url = f"{server.url}/predict/scenes"
+    pids = server.worker_pids()
+    three = [("image", (f"{i}.png", png, "image/png")) for i in range(3)]
+    r = requests.post(url, files=three, timeout=60)
+    assert_json_error(r, r.content, 413, "too_large", "three 36 MP PNGs")
+    assert "100000000 pixels together" in r.json()["error"]["message"]
+    r = requests.post(url, data=png, headers={"Content-Type": "image/png"}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    assert server.worker_pids() == pids
 
 
 def _multipart(body: bytes, boundary: str = "xyz") -> tuple[bytes, dict[str, str]]:

@@ -79,6 +79,85 @@ def test_palette_with_transparency_and_greyscale_alpha():
     assert got.min() == 1.0
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_colour_key_is_transparency_too(mode):
+    # PNG's tRNS chunk on an RGB or greyscale image: the keyed colour is transparent, as a
+    # browser shows it, and goes onto the background like an alpha channel would.
+    img = Image.new("RGB", (40, 40), (0, 0, 0))
+    ImageDraw.Draw(img).rectangle([10, 10, 29, 29], fill=(0, 0, 255))
+    img = img.convert(mode)
+    key = (0, 0, 0) if mode == "RGB" else 0
+    got = images.load(corpus.encode(img, "PNG", transparency=key), RGB, LIMITS)
+    as_rgba = images.load(corpus.encode(img.convert("RGBA"), "PNG"), RGB, LIMITS)
+    assert got[0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert np.abs(got[16, 16] - as_rgba[16, 16]).max() == 0
+
+
+def test_a_large_transparent_digit_keeps_its_ink():
+    # 4000x4000 white strokes on transparent: the background tone is judged on a reduced copy
+    # (at full size it took 256 MB of floats), and still comes out black under white ink, as for
+    # the same drawing at 250 px.
+    rgba = Image.new("RGBA", (4000, 4000), (255, 255, 255, 0))
+    ImageDraw.Draw(rgba).line([(1100, 900), (2900, 900), (1700, 3300)], fill="white", width=300)
+    got = images.load(corpus.encode(rgba, "PNG"), DIGIT, LIMITS)
+    small = images.load(corpus.encode(rgba.resize((250, 250), Image.BOX), "PNG"), DIGIT, LIMITS)
+    assert got.max() > 0.9 and got[0, 0, 0] == 0
+    assert np.abs(got - small).mean() < 0.02
+
+
+@pytest.mark.parametrize("spec", [RGB, DIGIT], ids=["scenes", "mnist"])
+def test_a_cielab_tiff_is_converted_through_rgb(spec):
+    # Pillow opens CIELab TIFFs as mode LAB and converts LAB to RGB only (LAB -> L raises).
+    photo = corpus.photo(48, 48)
+    lab = Image.frombytes("LAB", photo.size, _to_lab(photo))
+    buf = io.BytesIO()
+    lab.save(buf, "TIFF")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "LAB"
+    got = images.load(buf.getvalue(), spec, LIMITS)
+    want = images.load(corpus.encode(lab.convert("RGB"), "PNG"), spec, LIMITS)
+    assert got.tobytes() == want.tobytes()
+
+
+def _to_lab(img: Image.Image) -> bytes:
+    from PIL import ImageCms
+
+    transform = ImageCms.buildTransform(
+        ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB"
+    )
+    return ImageCms.applyTransform(img.convert("RGB"), transform).tobytes()
+
+
+def test_an_avif_that_names_the_generic_brand_first_is_still_avif():
+    # The ftyp box may give `mif1` as the major brand and `avif` only among the compatible
+    # ones; the HEVC-only HEIF decoder cannot read it, so it must go to the AVIF decoder.
+    data = corpus.encode(corpus.photo(), "AVIF", quality=95)
+    assert data[4:12] == b"ftypavif" and b"avif" in data[16:32]
+    generic = data[:8] + b"mif1" + data[12:]
+    reference = images.load(data, RGB, LIMITS)
+    assert images.load(generic, RGB, LIMITS).tobytes() == reference.tobytes()
+
+
+def test_one_request_decodes_at_most_its_pixel_budget():
+    limits = images.Limits(max_request_pixels=3 * 64 * 48)
+    budget = images.PixelBudget(limits)
+    png = corpus.encode(corpus.photo(64, 48), "PNG")
+    for _ in range(3):
+        images.load(png, RGB, limits, budget)
+    with pytest.raises(TooLarge, match="more than 9216 pixels together"):
+        images.load(png, RGB, limits, budget)
+    # A fresh request has its own budget.
+    images.load(png, RGB, limits, images.PixelBudget(limits))
+
+
+def test_a_jpeg_spends_its_reduced_size_from_the_budget():
+    # 16 phone photos in one request fit: each decodes at 1/8 (DCT scaling), not at 12 MP.
+    photo = corpus.encode(corpus.photo(64, 48).resize((4000, 3000)), "JPEG", quality=80)
+    budget = images.PixelBudget(images.Limits())
+    for _ in range(16):
+        images.load(photo, RGB, LIMITS, budget)
+    assert LIMITS.max_request_pixels - budget.left == 16 * 500 * 375
+
+
 def test_16_bit_greyscale_is_scaled_not_clipped():
     arr = np.full((20, 20), 32768, np.uint16)  # mid grey in 16 bits
     got = images.load(corpus.encode(Image.fromarray(arr), "PNG"), RGB, LIMITS)
