@@ -78,3 +78,31 @@ def test_openapi_lists_models_and_every_route(app):
     routes = {r.rule.replace("<", "{").replace(">", "}") for r in app.url_map.iter_rules()}
     for path in spec["paths"]:
         assert path in routes
+
+
+def test_gradcam_records_one_model_call_and_counts_no_refused_prediction():
+    """With batching on, /gradcam calls the engine once and records that call once (through the
+    batcher it was recorded twice); a request refused for its class counts no prediction."""
+    from service.app import create_app
+    from tests.server import MODELS_DIR
+
+    app = create_app(models_dir=MODELS_DIR, load_in_background=False, batching=True)
+    registry = app.extensions["convnet"].metrics.registry
+
+    def count(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"model": "scenes", **labels}) or 0.0
+
+    client = app.test_client()
+    photo = corpus.encode(corpus.photo(), "PNG")
+    r = client.post("/gradcam/scenes?class=unicorn", data=photo, content_type="image/png")
+    assert r.status_code == 400 and "unicorn" in r.json["error"]["message"]
+    classes = app.extensions["convnet"].registry.get("scenes").classes
+    assert sum(count("convnet_predictions_total", **{"class": c}) for c in classes) == 0
+    assert count("convnet_prediction_confidence_count") == 0
+    r = client.post("/gradcam/scenes", data=photo, content_type="image/png")
+    assert r.status_code == 200, r.json
+    calls = "convnet_inference_seconds_count"
+    assert count(calls, signature="predict") == 1
+    assert count(calls, signature="gradcam") == 1
+    assert count("convnet_inference_batch_size_sum", signature="predict") == 1
+    assert count("convnet_prediction_confidence_count") == 1

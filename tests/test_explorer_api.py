@@ -187,12 +187,18 @@ def test_features_are_every_layer_in_order_as_float32(server, models, model):
         np.testing.assert_allclose(acts[row["name"]], windows.max(axis=0), rtol=1e-5, atol=1e-6)
 
 
-def test_features_layer_selection(server):
+def test_features_layer_selection(server, models):
     r = post(
         server, "/features/mnist", sample_for("mnist"), encoding="base64", layers="pool1,conv1"
     )
     assert r.status_code == 200
     assert [layer["name"] for layer in r.json()["layers"]] == ["conv1", "pool1"]
+
+    # Naming no layer (empty, or only commas and spaces) is asking for all of them.
+    every = [row["name"] for row in models["mnist"]["layers"]]
+    for none in ("", ",", " , "):
+        r = post(server, "/features/mnist", sample_for("mnist"), encoding="png", layers=none)
+        assert [layer["name"] for layer in r.json()["layers"]] == every, repr(none)
 
     r = post(server, "/features/mnist", sample_for("mnist"), layers="conv1,nope")
     assert r.status_code == 400

@@ -4,16 +4,13 @@ from flask import Blueprint, jsonify, request
 
 from service import codecs, inference
 from service.api import get_model, state
-from service.errors import BadRequest
 
 bp = Blueprint("features", __name__)
 
 
 def _one_image(endpoint: str, model):
     s = state()
-    payloads = codecs.images_from_request(request, max_images=1)
-    if len(payloads) != 1:
-        raise BadRequest(f"{endpoint} takes exactly one image")
+    payloads = codecs.images_from_request(request, max_images=1)  # 413 for more, 400 for none
     s.metrics.child(s.metrics.images, endpoint, model.name).observe(1)
     return inference.prepare(model, payloads, s.limits, s.metrics)
 
