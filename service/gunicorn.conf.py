@@ -75,6 +75,7 @@ def on_starting(server):
     else:
         path = tempfile.mkdtemp(prefix="convnet-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        server.convnet_own_metrics_dir = path  # ours to remove in on_exit
     server.log.info("prometheus multiprocess dir: %s", path)
     _prepare_engines(server, settings, models)
 
@@ -92,6 +93,14 @@ def _prepare_engines(server, settings, models):
         server.log.info("LiteRT engines ready: %s", ", ".join(str(f) for f in files.values()))
     except Exception as exc:
         server.log.warning("engine preparation failed: %s", exc)
+
+
+def on_exit(server):
+    # A directory this config made up (no PROMETHEUS_MULTIPROC_DIR given) goes with the server;
+    # one the operator named stays, for a look after the stop, and is emptied on the next start.
+    path = getattr(server, "convnet_own_metrics_dir", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -267,3 +267,20 @@ def test_metrics_dir_is_wiped_on_start(tmp_path):
     finally:
         srv.stop()
     assert not Path(stale).exists()
+
+
+def test_a_metrics_dir_the_config_made_up_is_removed_at_exit(tmp_path):
+    """Without PROMETHEUS_MULTIPROC_DIR, on_starting makes a temporary directory; on_exit removes
+    it, so that every start does not leave one behind in /tmp."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    srv = GunicornServer(
+        tmp=tmp_path, workers=1, env={"PROMETHEUS_MULTIPROC_DIR": "", "TMPDIR": str(tmpdir)}
+    )
+    try:
+        srv.start()
+        (made,) = tmpdir.glob("convnet-metrics-*")
+        assert any(made.glob("*.db")), "the workers wrote no metrics there"
+    finally:
+        assert srv.stop() == 0, srv.log()
+    assert not made.exists()
