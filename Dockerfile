@@ -8,16 +8,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The same install command as the README and CI. gcc builds service/_digit.c (the digit
-# normalisation's per-pixel steps) and leaves in the same layer. Unpinned: Debian's security
-# updates replace pinned versions, and a toolchain that is gone when the layer ends runs nothing.
+# The same install command as the README and CI, editable as there: it builds service/_digit.c
+# (the digit normalisation's per-pixel steps) in place, into /app/service. Gunicorn puts its
+# working directory first on sys.path, so a plain `pip install .` put the kernel where nothing
+# imported it, and the image ran the slower Python reference. gcc leaves in the same layer.
+# Unpinned: Debian's security updates replace pinned versions, and a toolchain that is gone when
+# the layer ends runs nothing.
 COPY pyproject.toml setup.py README.md ./
 COPY service/ service/
 COPY training/ training/
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && python -m pip install --no-cache-dir . \
+    && python -m pip install --no-cache-dir -e . \
     && apt-get purge -y --auto-remove gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 

@@ -47,6 +47,10 @@ class GunicornServer:
     env: dict[str, str] = field(default_factory=dict)
     # Another WSGI app under the same config (the benchmark's baselines), e.g. "bench.baselines:hello()"
     app: str | None = None
+    # Another checkout or install (the Docker image's layout, tests/test_deploy.py).
+    python: str = sys.executable
+    cwd: Path = ROOT
+    config: Path = CONFIG
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
@@ -73,14 +77,14 @@ class GunicornServer:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                self.python,
                 "-m",
                 "gunicorn",
                 "--config",
-                str(CONFIG),
+                str(self.config),
                 *([self.app] if self.app else []),
             ],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

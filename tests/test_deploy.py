@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 import yaml
 
 from tests.server import CONFIG, ROOT
@@ -169,7 +170,7 @@ def test_image_runs_the_tested_config_install_and_models():
     (install,) = [
         steps
         for steps in (re.split(r"\s*&&\s*", r) for r in instruction("RUN"))
-        if "python -m pip install --no-cache-dir ." in steps
+        if "python -m pip install --no-cache-dir -e ." in steps
     ]
     assert any(re.match(r"apt-get install .*\bgcc\b", step) for step in install), install
     # Nothing built on the host (a .so for another Python) reaches the image.
@@ -188,6 +189,89 @@ def test_image_runs_the_tested_config_install_and_models():
     for copy in instruction("COPY"):
         for source in shlex.split(copy)[:-1]:
             assert f"!{source}" in ignore, f"{source} is excluded by .dockerignore"
+
+
+def _image_layout(app: Path) -> None:
+    """What the Dockerfile's COPY instructions put into its WORKDIR, less what .dockerignore
+    leaves out (its `**/<pattern>` lines)."""
+    patterns = [
+        line.removeprefix("**/")
+        for line in (ROOT / ".dockerignore").read_text().split()
+        if line.startswith("**/")
+    ]
+    ignore = shutil.ignore_patterns(*patterns)
+    for copy in instruction("COPY"):
+        *sources, dest = shlex.split(copy)
+        for source in sources:
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, app / dest, ignore=ignore, dirs_exist_ok=True)
+            else:
+                (app / dest).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / source, app / dest)
+
+
+@pytest.mark.server
+def test_the_image_layout_serves_digits_with_the_c_kernel(tmp_path):
+    """The Dockerfile's COPY, install and CMD steps replayed without Docker: the sources copied
+    as the image has them, its pip command in a fresh venv (the dependencies come from this
+    one), then its Gunicorn command from that directory. Gunicorn puts its working
+    directory first on sys.path, so a package installed elsewhere (`pip install .`) is shadowed
+    by the copied sources, which hold no compiled kernel: the image then served every digit
+    with the Python reference, about 20 % slower."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler to build service/_digit.c: apt-get install gcc")
+    import sysconfig
+
+    from tests import corpus
+    from tests.server import GunicornServer
+
+    workdir = PurePosixPath(instruction("WORKDIR")[-1])
+    app, venv = tmp_path / "app", tmp_path / "venv"
+    _image_layout(app)
+    assert not list(app.rglob("*.so"))
+    run(sys.executable, "-m", "venv", "--without-pip", str(venv))
+    python = str(venv / "bin" / "python")
+    site = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip()
+    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (pip,) = [
+        shlex.split(step)
+        for r in instruction("RUN")
+        for step in re.split(r"\s*&&\s*", r)
+        if step.startswith("python -m pip install")
+    ]
+    subprocess.run(
+        [python, *pip[1:], "--no-deps"],  # setuptools for the build comes from the index
+        cwd=app,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (cmd,) = instruction("CMD")
+    gunicorn, *args = json.loads(cmd)
+    assert gunicorn == "gunicorn" and args[0] == "--config"
+    models = PurePosixPath(dockerfile_env()["CONVNET_MODELS_DIR"]).relative_to(workdir)
+    srv = GunicornServer(
+        tmp=tmp_path,
+        workers=1,
+        python=python,
+        cwd=app,
+        config=app / args[1],
+        env={"CONVNET_MODELS_DIR": str(app / models)},
+    )
+    try:
+        srv.start()
+        r = requests.post(
+            f"{srv.url}/predict/mnist",
+            data=corpus.encode(corpus.digit(7, 64), "PNG"),
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
+        log = srv.log()
+    finally:
+        srv.stop()
+    assert r.status_code == 200, r.text[:300]
+    assert f"from {app / models}" in log, log  # the image's models, in the image's layout
+    assert "service._digit was not built" not in log, log
 
 
 def test_the_container_runs_the_worker_class_the_benchmark_chose():
