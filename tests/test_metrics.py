@@ -282,5 +282,6 @@ def test_a_metrics_dir_the_config_made_up_is_removed_at_exit(tmp_path):
         (made,) = tmpdir.glob("convnet-metrics-*")
         assert any(made.glob("*.db")), "the workers wrote no metrics there"
     finally:
-        assert srv.stop() == 0, srv.log()
+        status = srv.stop()  # an assert here would hide the failure that got us here
+    assert status == 0, srv.log()
     assert not made.exists()
