@@ -37,16 +37,18 @@ def _timed(metrics: Metrics, model: Model, signature: str, batch: np.ndarray, ca
     return out
 
 
-def describe(model: Model, probabilities: np.ndarray, metrics: Metrics) -> list[dict]:
-    """Softmax rows -> prediction bodies, counted by class and confidence."""
+def describe(model: Model, probabilities: np.ndarray, metrics: Metrics | None) -> list[dict]:
+    """Softmax rows -> prediction bodies, counted by class and confidence unless `metrics` is
+    None."""
     out = []
     # tolist(): Python floats in one call, not one float() per class; the top class from the
     # list (the first of equal maxima, as argmax), without one more numpy call per row.
     for values in probabilities.tolist():
         top = values.index(max(values))
         label = model.classes[top]
-        metrics.child(metrics.predictions, model.name, label).inc()
-        metrics.child(metrics.confidence, model.name).observe(values[top])
+        if metrics is not None:
+            metrics.child(metrics.predictions, model.name, label).inc()
+            metrics.child(metrics.confidence, model.name).observe(values[top])
         out.append(
             {
                 "label": label,
@@ -124,7 +126,9 @@ def gradcam(
     # The engine itself, not model.predict: with batching on, the batcher would record this call
     # a second time, and one image has nothing to share a call with.
     probs = _timed(metrics, model, "predict", batch, lambda: model.engine.predict(batch))
-    prediction = describe(model, probs, metrics)[0]
+    # Not counted as a prediction: the explorer sends each image to /features and /gradcam, and
+    # the class and confidence panels would count it twice.
+    prediction = describe(model, probs, None)[0]
     class_name = class_name or prediction["label"]
     index = np.array([model.classes.index(class_name)], np.int32)
     heatmap = _timed(metrics, model, "gradcam", batch, lambda: model.gradcam(batch, index))

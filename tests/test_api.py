@@ -80,9 +80,10 @@ def test_openapi_lists_models_and_every_route(app):
         assert path in routes
 
 
-def test_gradcam_records_one_model_call_and_counts_no_refused_prediction():
+def test_gradcam_records_one_model_call_and_counts_no_prediction():
     """With batching on, /gradcam calls the engine once and records that call once (through the
-    batcher it was recorded twice); a request refused for its class counts no prediction."""
+    batcher it was recorded twice). It counts no prediction, refused or not: the explorer sends
+    each image to /features as well, which counts it."""
     from service.app import create_app
     from tests.server import MODELS_DIR
 
@@ -105,4 +106,9 @@ def test_gradcam_records_one_model_call_and_counts_no_refused_prediction():
     assert count(calls, signature="predict") == 1
     assert count(calls, signature="gradcam") == 1
     assert count("convnet_inference_batch_size_sum", signature="predict") == 1
+    assert count("convnet_prediction_confidence_count") == 0
+    r = client.post("/features/scenes", data=photo, content_type="image/png")
+    assert r.status_code == 200, r.json
     assert count("convnet_prediction_confidence_count") == 1
+    label = r.json["prediction"]["label"]
+    assert count("convnet_predictions_total", **{"class": label}) == 1
