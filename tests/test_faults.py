@@ -253,6 +253,18 @@ def test_slowloris_through_nginx(server, tmp_path):
     assert result["ok"] > 10 and result["max_ms"] < 2000, result
 
 
+def test_nginx_keeps_metrics_from_the_public(server, tmp_path):
+    """The compose file's proxy answers /metrics 404 (JSON, like the service's own 404s);
+    Prometheus scrapes the service directly, where it still answers."""
+    with nginx(tmp_path, server.port) as proxy:
+        for path in ("/metrics", "//metrics", "/%6Detrics", "/metrics?x=1"):
+            r = requests.get(f"{proxy.url}{path}", timeout=10)
+            assert r.status_code == 404, (path, r.status_code, r.text[:200])
+            assert r.json()["error"]["code"] == "not_found"
+        assert predict(proxy.url).status_code == 200
+    assert "convnet_http_requests_total" in requests.get(f"{server.url}/metrics", timeout=10).text
+
+
 def post_and_keep_the_socket(port: int) -> socket.socket:
     """POST a digit, read the whole response, and return the socket still open: what an idle
     keep-alive pool (or someone on purpose) does after a `Connection: close` answer."""
