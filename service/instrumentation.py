@@ -38,8 +38,9 @@ def init_app(app: Flask, metrics: Metrics) -> None:
         endpoint, model = _labels(app, on_disk)
         if endpoint != "/metrics":
             elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-            metrics.child(metrics.requests, endpoint, model, str(response.status_code)).inc()
-            metrics.child(metrics.latency, endpoint, model).observe(elapsed)
+            status = str(response.status_code)
+            metrics.child(metrics.requests, endpoint, model, status).inc()
+            metrics.child(metrics.latency, endpoint, model, status).observe(elapsed)
             if request.content_length:
                 metrics.child(metrics.body_bytes, endpoint).observe(request.content_length)
         return response

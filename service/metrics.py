@@ -74,7 +74,8 @@ class Metrics:
         self.latency = Histogram(
             "convnet_http_request_duration_seconds",
             "Time to answer an HTTP request.",
-            ["endpoint", "model"],
+            # status: a latency SLO is kept on successful answers; fast 4xx/503s would hide slow 200s.
+            ["endpoint", "model", "status"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )

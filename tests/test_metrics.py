@@ -94,6 +94,7 @@ def test_counts_are_exact_across_workers(server):
     latency = "convnet_http_request_duration_seconds_count"
     assert d(latency, endpoint=PREDICT, model="mnist") == 7
     assert d(latency, endpoint=PREDICT, model="unknown") == 2
+    assert d(latency, endpoint=PREDICT, model="mnist", status="200") == 3  # what the SLO counts
     assert d("convnet_http_request_body_bytes_count", endpoint=PREDICT) == 9
     assert d("convnet_http_request_body_bytes_sum", endpoint=PREDICT) == sum(
         len(body) for _, body, _, _ in MIX
