@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -26,6 +27,20 @@ class Settings:
     max_batch_size: int = 32
     batch_timeout_micros: int = 0  # 0: batch only what is already queued; never wait for more
     load_in_background: bool = True  # /livez answers while models load; /readyz waits for them
+    # After SIGTERM, /readyz answers 503 for this long before the worker stops accepting.
+    drain_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        # A zero or negative limit would start a server that refuses everything, or fails
+        # to load its models, instead of one error line at start.
+        for name, least in _MINIMUM.items():
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"CONVNET_{name.upper()} must be a finite number, not {value!r}")
+            if value < least:
+                raise ValueError(f"CONVNET_{name.upper()} must be at least {least}, not {value!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"CONVNET_ENGINE must be one of {ENGINES}, not {self.engine!r}")
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -45,9 +60,25 @@ class Settings:
                     raise ValueError(
                         f"CONVNET_{f.name.upper()} must be a whole number, not {raw!r}"
                     ) from None
+            elif f.type in ("float", float):
+                try:
+                    values[f.name] = float(raw)
+                except ValueError:
+                    raise ValueError(
+                        f"CONVNET_{f.name.upper()} must be a number of seconds, not {raw!r}"
+                    ) from None
             else:
                 values[f.name] = raw
-        settings = replace(cls(**values), **overrides)
-        if settings.engine not in ENGINES:
-            raise ValueError(f"CONVNET_ENGINE must be one of {ENGINES}, not {settings.engine!r}")
-        return settings
+        return replace(cls(**values), **overrides)
+
+
+_MINIMUM = {
+    "max_body_bytes": 1,
+    "max_pixels": 1,
+    "max_request_pixels": 1,
+    "max_batch": 1,
+    "tf_threads": 1,
+    "max_batch_size": 1,
+    "batch_timeout_micros": 0,
+    "drain_seconds": 0.0,
+}

@@ -58,6 +58,12 @@ def on_starting(server):
     from service.registry import find_versions
 
     settings = Settings.from_env()
+    if settings.drain_seconds >= server.cfg.graceful_timeout:
+        # The worker would be killed mid-drain, its in-flight requests with it.
+        raise RuntimeError(
+            f"CONVNET_DRAIN_SECONDS ({settings.drain_seconds:g}) must be shorter than "
+            f"GUNICORN_GRACEFUL_TIMEOUT ({server.cfg.graceful_timeout})"
+        )
     models = find_versions(settings.models_dir)
     if not models:
         # A mistyped models path would otherwise serve 503s forever: refuse to start. Gunicorn
@@ -213,10 +219,17 @@ def post_worker_init(worker):
     import threading
 
     stop = signal.getsignal(signal.SIGTERM)  # Gunicorn's graceful stop (worker.handle_exit)
-    delay = float(os.environ.get("CONVNET_DRAIN_SECONDS", "0"))
     state = getattr(worker.wsgi, "extensions", {}).get("convnet")
     if state is None:  # another WSGI app under this config (the benchmark's baselines)
         return
+    delay = state.settings.drain_seconds
+
+    def stop_later(sig):
+        stop(sig, None)
+        # Outside a signal handler nothing wakes the worker: an idle sync worker would sit in
+        # select() for timeout/2 and be killed at graceful_timeout. Its wake-up pipe does it.
+        with contextlib.suppress(OSError):
+            os.write(worker.PIPE[1], b"\0")
 
     def drain(sig, frame):
         if state.draining.is_set():
@@ -224,7 +237,7 @@ def post_worker_init(worker):
         state.draining.set()
         worker.log.info("draining: /readyz answers 503; stopping in %.1f s", delay)
         if delay > 0:
-            threading.Timer(delay, stop, (sig, None)).start()
+            threading.Timer(delay, stop_later, (sig,)).start()
         else:
             stop(sig, frame)
 

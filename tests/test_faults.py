@@ -427,6 +427,17 @@ def test_sigterm_under_load_loses_no_accepted_request_and_readiness_turns_false_
     assert "WORKER TIMEOUT" not in log and "SIGKILL" not in log
 
 
+def test_sigterm_with_a_drain_delay_stops_an_idle_worker_gracefully(tmp_path):
+    """With no request to wake it, a sync worker waits in select() for timeout/2 (30 s): the drain
+    timer must wake it, or the master SIGKILLs it at graceful_timeout instead of a clean exit."""
+    env = {"CONVNET_DRAIN_SECONDS": "0.5", "GUNICORN_GRACEFUL_TIMEOUT": "15"}
+    with gunicorn(tmp_path, workers=1, env=env) as srv:
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(60)
+        log = srv.log()
+    assert "Worker exiting" in log and "SIGKILL" not in log, log[-3000:]
+
+
 # --- (d) worker recycling ---------------------------------------------------------------------
 
 

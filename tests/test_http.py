@@ -80,8 +80,16 @@ def test_readiness_turns_true_only_after_loading(tmp_path):
     [
         ({}, ["--models-dir", "{tmp}"], 1, "Error: no SavedModel under"),
         ({"CONVNET_MAX_BATCH": "lots"}, [], 2, "CONVNET_MAX_BATCH must be a whole number"),
+        ({"CONVNET_TF_THREADS": "0"}, [], 2, "CONVNET_TF_THREADS must be at least 1, not 0"),
+        ({"CONVNET_DRAIN_SECONDS": "2s"}, [], 2, "CONVNET_DRAIN_SECONDS must be a number"),
+        (
+            {"CONVNET_DRAIN_SECONDS": "30", "GUNICORN_GRACEFUL_TIMEOUT": "20"},
+            [],
+            1,
+            "CONVNET_DRAIN_SECONDS (30) must be shorter than GUNICORN_GRACEFUL_TIMEOUT (20)",
+        ),
     ],
-    ids=["no-models", "malformed-setting"],
+    ids=["no-models", "malformed-setting", "out-of-range", "malformed-drain", "drain-too-long"],
 )
 def test_serve_refuses_to_start_misconfigured(tmp_path, env, args, status, message):
     # A mistyped path or setting is one line and an exit status, not a server answering 503s.
