@@ -137,14 +137,21 @@ def prepare(model_paths: dict[str, Path], cache_dir: Path, timeout: float = 600)
         # importing TensorFlow is most of the time a conversion takes.
         pairs = [(str(model_paths[n]), str(t)) for n, t in missing.items() if not t.exists()]
         if pairs:
-            subprocess.run(
+            done = subprocess.run(
                 [sys.executable, "-m", "service.engines", *(arg for pair in pairs for arg in pair)],
-                check=True,
                 timeout=timeout,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
+            if done.returncode != 0:
+                # The converter's last words are the reason (a corrupt SavedModel, an op LiteRT
+                # lacks): /readyz and the log show them, not just an exit status.
+                tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+                raise RuntimeError(
+                    f"converting {', '.join(p for p, _ in pairs)} to LiteRT failed "
+                    f"(exit {done.returncode}): {tail[0][:500]}"
+                )
     return targets
 
 

@@ -59,3 +59,14 @@ def test_prepare_engines_command_uses_the_cache(engine_files):
     assert {line.split(": ")[0]: line.split(": ")[1] for line in out.splitlines()} == {
         name: str(path) for name, path in engine_files.items()
     }
+
+
+def test_a_failed_conversion_says_why(tmp_path):
+    """/readyz and the log carry the converter's reason, not only its exit status."""
+    import shutil
+
+    broken = tmp_path / "mnist" / "1"
+    shutil.copytree(MODELS["mnist"], broken)
+    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+    with pytest.raises(RuntimeError, match=r"to LiteRT failed .*Cannot parse file"):
+        engines.prepare({"mnist": broken}, tmp_path / "cache")
