@@ -55,7 +55,7 @@ control_socket_disable = True
 
 
 def on_starting(server):
-    from service.registry import find_versions
+    from service.registry import find_versions, pin_versions
 
     settings = Settings.from_env()
     if settings.drain_seconds >= server.cfg.graceful_timeout:
@@ -83,6 +83,24 @@ def on_starting(server):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
         server.convnet_own_metrics_dir = path  # ours to remove in on_exit
     server.log.info("prometheus multiprocess dir: %s", path)
+    # Every worker, replacements included, serves these versions until the next start or HUP.
+    pin_versions(settings.models_dir, models)
+    _prepare_engines(server, settings, models)
+
+
+def on_reload(server):
+    # SIGHUP: new workers with the newest complete versions on disk; Gunicorn then stops the old.
+    from service.registry import find_versions, pin_versions
+
+    settings = Settings.from_env()
+    models = find_versions(settings.models_dir)
+    if not models:
+        server.log.error(
+            "reload: no SavedModel under %s; keeping the versions served", settings.models_dir
+        )
+        return
+    server.log.info("reload: serving %s", ", ".join(str(p) for p in models.values()))
+    pin_versions(settings.models_dir, models)
     _prepare_engines(server, settings, models)
 
 

@@ -6,7 +6,10 @@ The highest numbered version of each model is served. Everything the service kno
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -81,21 +84,55 @@ class Model:
             return self._tensorflow
 
 
+# A version folder is a number in plain decimal: not "03" beside "3", not "²" (str.isdigit).
+_VERSION_NAME = re.compile(r"0|[1-9][0-9]*")
+
+
+def _is_complete_version(path: Path) -> bool:
+    # The metadata is written last (and training/export.py renames a finished version into
+    # place): a SavedModel without it is an export or a copy still under way.
+    return (
+        path.is_dir()
+        and _VERSION_NAME.fullmatch(path.name) is not None
+        and (path / "saved_model.pb").is_file()
+        and (path / engines.METADATA_PATH).is_file()
+    )
+
+
 def find_versions(models_dir: Path) -> dict[str, Path]:
-    """The newest exported version of each model: {name: models_dir/name/version}."""
+    """The newest complete version of each model: {name: models_dir/name/version}."""
     found = {}
     root = Path(models_dir)
     for model_dir in sorted(root.iterdir()) if root.is_dir() else []:
         if not model_dir.is_dir():
             continue
-        versions = [
-            p
-            for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").exists()
-        ]
+        versions = [p for p in model_dir.iterdir() if _is_complete_version(p)]
         if versions:
             found[model_dir.name] = max(versions, key=lambda p: int(p.name))
     return found
+
+
+# Set by the Gunicorn master (gunicorn.conf.py) to the versions it found at start or reload, and
+# inherited by every worker it forks: a replacement worker then serves what the others serve,
+# not a version exported since.
+SERVED_VERSIONS_ENV = "CONVNET_SERVED_VERSIONS"
+
+
+def pin_versions(models_dir: Path, versions: dict[str, Path]) -> None:
+    os.environ[SERVED_VERSIONS_ENV] = json.dumps(
+        {
+            "models_dir": str(Path(models_dir).resolve()),
+            "versions": {name: str(path.resolve()) for name, path in versions.items()},
+        }
+    )
+
+
+def served_versions(models_dir: Path) -> dict[str, Path]:
+    """The versions the master pinned for this models folder, else the newest on disk."""
+    pinned = json.loads(os.environ.get(SERVED_VERSIONS_ENV) or "{}")
+    if pinned.get("models_dir") == str(Path(models_dir).resolve()):
+        return {name: Path(path) for name, path in pinned["versions"].items()}
+    return find_versions(models_dir)
 
 
 def warm_up(model: Model) -> None:
@@ -151,7 +188,7 @@ class Registry:
     def load_all(self, on_ready: Callable[[], None] | None = None) -> None:
         started = time.monotonic()
         try:
-            paths = find_versions(self.models_dir)
+            paths = served_versions(self.models_dir)
             if not paths:
                 raise FileNotFoundError(f"no SavedModel under {self.models_dir}/<name>/<version>/")
             self._load(paths)

@@ -7,7 +7,9 @@ Longer runs on demand: SOAK_SECONDS=900 pytest tests/test_faults.py -k soak -s
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -24,7 +26,7 @@ import requests
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
 from tests import corpus
-from tests.server import GunicornServer, NginxProxy, find_nginx
+from tests.server import MODELS_DIR, GunicornServer, NginxProxy, find_nginx
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -486,6 +488,43 @@ def test_worker_recycling_under_load_fails_no_request(tmp_path):
     # (gunicorn.conf.py folds each dead worker's files into the archive).
     others = [n for n in files_after if not any(n.endswith(f"_{pid}.db") for pid in live)]
     assert set(others) <= ARCHIVES, others
+
+
+def test_replacement_workers_serve_the_pinned_version_until_a_reload(tmp_path):
+    """Workers recycled while a new version is being exported, or after it is complete, serve the
+    version the master started with: no 503 from a half-written SavedModel, no two versions
+    served side by side. SIGHUP moves every worker to the newest complete version."""
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, models)
+    env = {"CONVNET_MODELS_DIR": str(models), "GUNICORN_MAX_REQUESTS": "5"}
+
+    def versions(srv: GunicornServer, n: int) -> Counter:
+        answers = [predict(srv.url) for _ in range(n)]
+        return Counter(
+            r.json()["version"] if r.status_code == 200 else r.status_code for r in answers
+        )
+
+    with gunicorn(tmp_path, workers=1, env=env) as srv:
+        partial = models / "mnist" / "4"  # what an export or a copy under way looks like
+        partial.mkdir()
+        shutil.copy(models / "mnist" / "3" / "saved_model.pb", partial)
+        during = versions(srv, 20)  # 20 requests: 4 recycles
+        shutil.rmtree(partial)
+        shutil.copytree(models / "mnist" / "3", partial)
+        meta_path = partial / "assets.extra" / "metadata.json"
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": 4}))
+        complete = versions(srv, 20)
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while versions(srv, 1) != Counter({"4": 1}):
+            assert time.monotonic() < deadline, srv.log()[-3000:]
+            time.sleep(0.2)
+        reloaded = versions(srv, 10)
+        log = srv.log()
+    print(f"\nrecycled: during export {dict(during)}, after {dict(complete)}; HUP {dict(reloaded)}")
+    assert log.count("Autorestarting worker") >= 6
+    assert during == complete == Counter({"3": 20})
+    assert reloaded == Counter({"4": 10})
 
 
 # --- (e) soak ---------------------------------------------------------------------------------

@@ -120,6 +120,23 @@ def test_api_says_when_loading_failed_rather_than_loading(tmp_path):
         assert r.status_code == 503 and "failed" in r.json["error"]["message"]
 
 
+def test_find_versions_takes_the_newest_complete_plainly_numbered_version(tmp_path):
+    from service.registry import find_versions
+
+    def version(name: str, *files: str) -> None:
+        for f in files:
+            (tmp_path / "m" / name / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "m" / name / f).write_text("x")
+
+    complete = ("saved_model.pb", "assets.extra/metadata.json")
+    version("2", *complete)
+    version("7", "saved_model.pb")  # no metadata yet: an export or copy under way
+    version("\u00b2", *complete)  # superscript two: str.isdigit() says yes, int() fails
+    version("010", *complete)  # would read as 10, beside a possible "10"
+    version(".9.partial", *complete)  # training/export.py's staging folder
+    assert find_versions(tmp_path) == {"m": tmp_path / "m" / "2"}
+
+
 @pytest.mark.parametrize("fmt", sorted(corpus.FORMATS))
 @pytest.mark.parametrize("model", ["mnist", "scenes"])
 def test_predict_every_format_raw_body(server, model, fmt):

@@ -14,6 +14,7 @@ Signatures:
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,11 @@ def export(
         gradcam_fn(model, cam_layer, logits_layer),
         input_signature=[spec, tf.TensorSpec((None,), tf.int32, name="class_index")],
     )
-    archive.write_out(str(target), verbose=False)
+    # Written beside its final place, then renamed into it: a server scanning the models folder
+    # never sees a half-written version (the leading dot and the suffix are not a version name).
+    staging = target.with_name(f".{version}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    archive.write_out(str(staging), verbose=False)
 
     metadata = {
         "format_version": METADATA_FORMAT,
@@ -160,6 +165,7 @@ def export(
         "training": training,
         "evaluation": evaluation,
     }
-    (target / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
-    (target / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + "\n")
+    (staging / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
+    (staging / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + "\n")
+    staging.rename(target)
     return target
