@@ -143,6 +143,37 @@ def test_one_port_everywhere():
     assert job["static_configs"][0]["targets"] == [f"service:{port}"]  # the compose service name
 
 
+def test_only_the_proxy_is_published_beyond_the_host():
+    """Prometheus has no authentication, Grafana's admin starts as admin/admin, and /metrics is
+    the service's: only nginx (which keeps /metrics to itself) listens on every interface."""
+    published = {
+        name: spec.get("ports", []) for name, spec in compose()["services"].items() if "ports" in spec
+    }
+    assert set(published) == {"proxy", "service", "prometheus", "grafana"}, published
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("127.0.0.1:") == (name != "proxy"), (name, port)
+
+
+def test_dashboard_units_say_what_each_series_counts():
+    """Byte sizes in bytes, prediction rates not called requests: read per query, so a panel
+    mixing counts and bytes carries an override for the bytes."""
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/convnet-service.json").read_text())
+    for panel in dashboard["panels"]:
+        config = panel.get("fieldConfig", {})
+        for target in panel.get("targets", []):
+            unit = config.get("defaults", {}).get("unit")
+            for override in config.get("overrides", []):
+                if override["matcher"] == {"id": "byFrameRefID", "options": target["refId"]}:
+                    props = {p["id"]: p["value"] for p in override["properties"]}
+                    unit = props.get("unit", unit)
+            where = (panel["title"], target["refId"])
+            if "_bytes" in target["expr"]:
+                assert unit == "bytes", where
+            if unit == "reqps":
+                assert "convnet_http_requests_total" in target["expr"], where
+
+
 def test_metrics_and_health_paths_are_routes():
     from flask import Flask
 
