@@ -378,6 +378,39 @@ def test_scenes_shows_gradcam_and_its_layers(page, server):
     assert_clean(page, server.url)
 
 
+def test_switching_model_while_a_drawing_waits_sends_nothing_stale(page, server):
+    """A stroke drawn while the previous one is still being classified waits for it; switching
+    the model meanwhile drops it. It was sent anyway, as a bodiless GET, and showed an error."""
+    import time
+
+    sent: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            ("/features/" in r.url or "/gradcam/" in r.url)
+            and sent.append(f"{r.method} {r.url.split('?')[0].split(server.url)[1]}")
+        ),
+    )
+
+    def slow(route):
+        time.sleep(1.0)  # the first classification is still running when the model changes
+        route.continue_()
+
+    page.route("**/features/mnist*", slow)
+    open_explorer(page, server.url, "mnist")
+    draw(page, [[(0.5, 0.2), (0.5, 0.8)]])
+    page.wait_for_function("document.body.dataset.state === 'busy'")
+    draw(page, [[(0.3, 0.5), (0.7, 0.5)]])  # waits for the first request
+    page.select_option("#model", "scenes")
+    page.wait_for_function("document.body.dataset.state === 'ready'")
+    page.wait_for_timeout(500)
+    assert all(s.startswith("POST ") for s in sent), sent
+    assert "error" not in (page.get_attribute("#status", "class") or ""), page.text_content(
+        "#status"
+    )
+    assert_clean(page, server.url)
+
+
 def test_controls_are_labelled_and_reachable_by_keyboard(page, server):
     open_explorer(page, server.url, "mnist")
     unnamed = page.evaluate(

@@ -561,7 +561,7 @@ async function send(blob) {
     setStatus(`Could not classify the image: ${err.message}`, true);
   } finally {
     state.inFlight = false;
-    if (state.pending) {
+    if (state.pending && state.body) {
       state.pending = false;
       const next = state.body;
       if (next === padBlobMarker) padSend();
@@ -733,7 +733,9 @@ function selectModel(name) {
   const model = state.models.find((m) => m.name === name) ?? state.models[0];
   state.model = model;
   state.camClass = "";
+  // What was drawn for the previous model is not sent again when its request returns.
   state.body = null;
+  state.pending = false;
   $("model").value = model.name;
   const digits = model.preprocessing?.resize === "mnist_digit";
   $("model-desc").textContent = model.description ?? `Classes: ${model.classes.join(", ")}.`;
