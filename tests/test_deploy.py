@@ -147,7 +147,9 @@ def test_only_the_proxy_is_published_beyond_the_host():
     """Prometheus has no authentication, Grafana's admin starts as admin/admin, and /metrics is
     the service's: only nginx (which keeps /metrics to itself) listens on every interface."""
     published = {
-        name: spec.get("ports", []) for name, spec in compose()["services"].items() if "ports" in spec
+        name: spec.get("ports", [])
+        for name, spec in compose()["services"].items()
+        if "ports" in spec
     }
     assert set(published) == {"proxy", "service", "prometheus", "grafana"}, published
     for name, ports in published.items():
