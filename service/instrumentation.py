@@ -5,16 +5,33 @@ from __future__ import annotations
 import time
 
 from flask import Flask, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service.metrics import Metrics
 from service.registry import find_versions
 
 
+def _route(app: Flask) -> tuple[str, dict]:
+    """The matched rule and its arguments; for a wrong method on a route (405), that route."""
+    if request.url_rule is not None:
+        return request.url_rule.rule, request.view_args or {}
+    exc = request.routing_exception
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        try:
+            rule, args = app.url_map.bind_to_environ(request.environ).match(
+                method=next(iter(exc.valid_methods)), return_rule=True
+            )
+            return rule.rule, args
+        except HTTPException:
+            pass
+    return "unmatched", {}
+
+
 def _labels(app: Flask, on_disk: frozenset[str]) -> tuple[str, str]:
     # The route's rule, never the raw path, and only model names we serve: a random URL or an
     # unknown model name creates no new series.
-    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-    model = (request.view_args or {}).get("model", "")
+    endpoint, args = _route(app)
+    model = args.get("model", "")
     if model and model not in on_disk and model not in app.extensions["convnet"].registry.models:
         model = "unknown"
     return endpoint, model

@@ -112,3 +112,20 @@ def test_gradcam_records_one_model_call_and_counts_no_prediction():
     assert count("convnet_prediction_confidence_count") == 1
     label = r.json["prediction"]["label"]
     assert count("convnet_predictions_total", **{"class": label}) == 1
+
+
+def test_a_wrong_method_is_counted_under_its_route():
+    """GET /predict/mnist is a client using a real route wrongly (405), not an unknown URL."""
+    from service.app import create_app
+    from tests.server import MODELS_DIR
+
+    app = create_app(models_dir=MODELS_DIR, load_in_background=False)
+    registry = app.extensions["convnet"].metrics.registry
+    client = app.test_client()
+    assert client.get("/predict/mnist").status_code == 405
+    assert client.get("/no/such/route").status_code == 404
+    requests_total = "convnet_http_requests_total"
+    labels = {"endpoint": "/predict/<model>", "model": "mnist", "status": "405"}
+    assert registry.get_sample_value(requests_total, labels) == 1
+    unmatched = {"endpoint": "unmatched", "model": "", "status": "404"}
+    assert registry.get_sample_value(requests_total, unmatched) == 1
