@@ -53,24 +53,21 @@ class Settings:
                 values[f.name] = raw.lower() in ("1", "true", "yes", "on")
             elif f.type in ("Path", Path):
                 values[f.name] = Path(raw)
-            elif f.type in ("int", int):
+            elif getattr(f.type, "__name__", f.type) in _NUMBERS:
+                parse, what = _NUMBERS[getattr(f.type, "__name__", f.type)]
                 try:
-                    values[f.name] = int(raw)
+                    values[f.name] = parse(raw)
                 except ValueError:
                     raise ValueError(
-                        f"CONVNET_{f.name.upper()} must be a whole number, not {raw!r}"
-                    ) from None
-            elif f.type in ("float", float):
-                try:
-                    values[f.name] = float(raw)
-                except ValueError:
-                    raise ValueError(
-                        f"CONVNET_{f.name.upper()} must be a number of seconds, not {raw!r}"
+                        f"CONVNET_{f.name.upper()} must be {what}, not {raw!r}"
                     ) from None
             else:
                 values[f.name] = raw
         return replace(cls(**values), **overrides)
 
+
+# How a number setting is read, and what to call it when it does not read.
+_NUMBERS = {"int": (int, "a whole number"), "float": (float, "a number of seconds")}
 
 _MINIMUM = {
     "max_body_bytes": 1,
