@@ -53,8 +53,8 @@ class Settings:
                 values[f.name] = raw.lower() in ("1", "true", "yes", "on")
             elif f.type in ("Path", Path):
                 values[f.name] = Path(raw)
-            elif getattr(f.type, "__name__", f.type) in _NUMBERS:
-                parse, what = _NUMBERS[getattr(f.type, "__name__", f.type)]
+            elif (number := _NUMBERS.get(getattr(f.type, "__name__", f.type))) is not None:
+                parse, what = number
                 try:
                     values[f.name] = parse(raw)
                 except ValueError:
