@@ -97,7 +97,12 @@ def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
 
 
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    # ASCII digits only, as the service reads version names ("²" is str.isdigit(), not int()).
+    versions = [
+        int(p.name)
+        for p in model_dir.glob("*")
+        if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    ]
     return max(versions, default=0) + 1
 
 
