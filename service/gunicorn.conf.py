@@ -83,6 +83,10 @@ def on_starting(server):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
         server.convnet_own_metrics_dir = path  # ours to remove in on_exit
     server.log.info("prometheus multiprocess dir: %s", path)
+    from service.workers import BalancedThreadWorker, ConnectionBoard
+
+    if issubclass(server.worker_class, BalancedThreadWorker):
+        server.convnet_connection_board = ConnectionBoard()  # shared with every worker forked
     # Every worker, replacements included, serves these versions until the next start or HUP.
     pin_versions(settings.models_dir, models)
     _prepare_engines(server, settings, models)
@@ -127,7 +131,18 @@ def on_exit(server):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def pre_fork(server, worker):
+    # A slot on the connection board for the worker about to be forked (service/workers.py).
+    board = getattr(server, "convnet_connection_board", None)
+    if board is not None:
+        worker.board = board
+        worker.board_slot = board.free_slot({w.board_slot for w in server.WORKERS.values()})
+
+
 def child_exit(server, worker):
+    board = getattr(server, "convnet_connection_board", None)
+    if board is not None and worker.board_slot is not None:
+        board.clear(worker.board_slot)  # a worker killed outright could not say it stopped
     # Live gauges of a dead worker are dropped; its counters and histograms are kept, folded into
     # one archive file per type so the directory does not grow with every recycled worker.
     from prometheus_client import multiprocess

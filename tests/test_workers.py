@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 
@@ -15,23 +15,76 @@ from tests.server import GunicornServer
 DIGIT = corpus.encode(corpus.digit(7, 64), "PNG")
 
 
-def test_a_worker_waits_before_accepting_longer_the_more_connections_it_holds(monkeypatch):
+def test_the_board_tells_each_worker_the_fewest_connections_a_sibling_holds():
+    board = workers.ConnectionBoard(slots=4)
+    assert board.fewest_elsewhere(0) is None  # nobody else accepts
+    assert board.free_slot({0, 1}) == 2 and board.free_slot({0, 1, 2, 3}) is None
+    board.publish(0, 5)
+    board.publish(1, 2)
+    board.publish(3, 7)
+    assert board.fewest_elsewhere(0) == 2 and board.fewest_elsewhere(1) == 5
+    board.clear(1)  # stopped or dead: no longer waited for
+    assert board.fewest_elsewhere(0) == 7 and board.fewest_elsewhere(3) == 5
+
+
+class _Worker(workers.BalancedThreadWorker):
+    """The rule alone, no process: Gunicorn's own accept records what it would take."""
+
+    def __init__(self, board, slot, held):
+        self.board, self.board_slot, self.nr_conns, self._accepting = board, slot, held, True
+        self.accepted = 0
+
+
+@pytest.fixture
+def pending(monkeypatch):
+    """A loopback listener with one connection waiting, and the worker's accept recorded."""
+    monkeypatch.setattr(
+        workers.ThreadWorker, "accept", lambda self, listener: setattr(self, "accepted", 1)
+    )
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    yield listener
+    client.close()
+    listener.close()
+
+
+def test_a_worker_holding_no_more_than_its_siblings_accepts_at_once(pending, monkeypatch):
     slept: list[float] = []
-    accepted: list[object] = []
     monkeypatch.setattr(workers.time, "sleep", slept.append)
-    monkeypatch.setattr(workers.ThreadWorker, "accept", lambda self, listener: accepted.append(1))
-    worker = object.__new__(workers.BalancedThreadWorker)  # the rule alone, no process
-    worker.cfg = SimpleNamespace(workers=2)
-    for held in (0, 1, 3, 40, 1000):
-        worker.nr_conns = held
-        worker.accept(listener=None)
-    # None held: at once. Then 50 us per connection held, never more than 2 ms; always accepted.
-    assert slept == pytest.approx([50e-6, 150e-6, 0.002, 0.002])
-    assert len(accepted) == 5
-    # A lone worker has no one to give way to: it never waits.
-    worker.cfg = SimpleNamespace(workers=1)
-    worker.accept(listener=None)
-    assert len(slept) == 4 and len(accepted) == 6
+    board = workers.ConnectionBoard(slots=4)
+    board.publish(1, 3)
+    for held in (0, 3):
+        worker = _Worker(board, 0, held)
+        worker.accept(pending)
+        assert worker.accepted and not slept
+    lone = _Worker(workers.ConnectionBoard(slots=4), 0, held=40)
+    lone.accept(pending)  # no one to give way to
+    assert lone.accepted and not slept
+
+
+def test_a_worker_holding_more_gives_the_connection_to_a_sibling(pending, monkeypatch):
+    board = workers.ConnectionBoard(slots=4)
+    board.publish(1, 2)
+    taken = []
+
+    def sibling_takes_it(seconds):  # while this worker waits, the sibling accepts
+        if not taken:
+            taken.append(pending.accept()[0])
+
+    monkeypatch.setattr(workers.time, "sleep", sibling_takes_it)
+    worker = _Worker(board, 0, held=3)
+    worker.accept(pending)
+    assert taken and not worker.accepted
+    taken[0].close()
+
+
+def test_a_worker_holding_more_takes_the_connection_when_no_sibling_does(pending):
+    board = workers.ConnectionBoard(slots=4)
+    board.publish(1, 2)  # accepting, but never gets round to it
+    worker = _Worker(board, 0, held=3)
+    started = time.monotonic()
+    worker.accept(pending)
+    assert worker.accepted and time.monotonic() - started >= workers.MAX_WAIT
 
 
 def _send(sock: socket.socket) -> None:
