@@ -19,7 +19,7 @@ import time
 
 from gunicorn.workers.gthread import ThreadWorker
 
-SLOTS = 256  # workers alive at once, a HUP's old and new together; more are not balanced
+SLOTS = 64  # workers alive at once, a HUP's old and new together; more are not balanced
 NOT_ACCEPTING = -1
 MAX_WAIT = 0.005  # seconds: about one GIL switch interval of a busy sibling
 POLL_INTERVAL = 100e-6
