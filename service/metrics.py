@@ -44,6 +44,26 @@ LATENCY_BUCKETS = (
     2.5,
     5,
 )
+# One stage of one request: a LeNet call takes 20-60 us and a digit's decode + preprocess about
+# 100, so the request buckets above (from 0.5 ms) would put every sample in their first bucket.
+STAGE_BUCKETS = (
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+)
 BYTES_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 IMAGES_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -103,14 +123,14 @@ class Metrics:
             "convnet_image_preprocess_seconds",
             "Decoding and preprocessing one image.",
             ["model"],
-            buckets=LATENCY_BUCKETS,
+            buckets=STAGE_BUCKETS,
             registry=reg,
         )
         self.inference = Histogram(
             "convnet_inference_seconds",
             "One model call (a whole batch).",
             ["model", "signature"],
-            buckets=LATENCY_BUCKETS,
+            buckets=STAGE_BUCKETS,
             registry=reg,
         )
         self.batch_size = Histogram(

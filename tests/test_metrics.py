@@ -114,6 +114,24 @@ def test_counts_are_exact_across_workers(server):
     assert {dict(lbls)["model"] for n, lbls in after if n == "convnet_model_info"} == SERVED_MODELS
 
 
+def test_stage_histograms_resolve_a_lenet_call(server):
+    # A LeNet call takes some 20-60 us: buckets starting at 0.5 ms put every call in the first
+    # one, and the dashboard's p99 would read the same whatever the model did.
+    before = scrape(server.url)
+    for _ in range(5):
+        assert post(server.url, "/predict/mnist", DIGIT_PNG, "image/png") == 200
+    after = scrape(server.url)
+    calls = dict(model="mnist", signature="predict")
+    assert delta(before, after, "convnet_inference_seconds_count", **calls) == 5
+    assert delta(before, after, "convnet_inference_seconds_bucket", le="0.00025", **calls) >= 1
+    edges = {
+        float(dict(lbls)["le"])
+        for n, lbls in after
+        if n == "convnet_image_preprocess_seconds_bucket" and dict(lbls)["le"] != "+Inf"
+    }
+    assert min(edges) < 0.0001
+
+
 def label_values(samples: dict[Sample, float], label: str) -> set[str]:
     return {dict(lbls)[label] for _, lbls in samples if label in dict(lbls)}
 
