@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -174,6 +175,17 @@ def test_dashboard_units_say_what_each_series_counts():
                 assert unit == "bytes", where
             if unit == "reqps":
                 assert "convnet_http_requests_total" in target["expr"], where
+
+
+def test_the_proxy_drops_idle_upstream_connections_before_gunicorn_does():
+    # Otherwise nginx can reuse a kept-alive connection (gthread workers) as Gunicorn closes it.
+    site = (DEPLOY / "nginx" / "convnet.conf").read_text()
+    upstream = re.search(r"upstream convnet \{(.*?)\}", site, re.S)
+    assert upstream, "no upstream block"
+    nginx_idle = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
+    assert nginx_idle, "upstream keepalive_timeout unset: nginx's default is 60 s"
+    gunicorn_idle = runpy.run_path(str(CONFIG))["keepalive"]
+    assert int(nginx_idle.group(1)) < gunicorn_idle
 
 
 def test_metrics_and_health_paths_are_routes():
