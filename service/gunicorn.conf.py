@@ -94,7 +94,7 @@ def on_starting(server):
 
 def on_reload(server):
     # SIGHUP: new workers with the newest complete versions on disk; Gunicorn then stops the old.
-    from service.registry import find_versions, pin_versions
+    from service.registry import find_versions, pin_versions, served_versions
 
     settings = Settings.from_env()
     models = find_versions(settings.models_dir)
@@ -103,9 +103,35 @@ def on_reload(server):
             "reload: no SavedModel under %s; keeping the versions served", settings.models_dir
         )
         return
+    if settings.engine == "litert":
+        models = _convertible(server, settings, models, served_versions(settings.models_dir))
     server.log.info("reload: serving %s", ", ".join(str(p) for p in models.values()))
     pin_versions(settings.models_dir, models)
-    _prepare_engines(server, settings, models)
+
+
+def _convertible(server, settings, models, served):
+    """`models`, but a new version that fails to convert is not served: the model keeps the
+    version it has (as TF Serving does), since the old workers stop as soon as the new start."""
+    from service.engines import prepare
+
+    try:
+        prepare(models, settings.engine_cache)
+        return models
+    except Exception as exc:
+        server.log.warning("reload: engine preparation failed: %s", exc)
+    kept = {}
+    for name, path in models.items():
+        try:
+            prepare({name: path}, settings.engine_cache)
+            kept[name] = path
+        except Exception as exc:
+            old = served.get(name)
+            if old is None or old == path.resolve():
+                kept[name] = path  # nothing else to serve: its workers report the failure
+            else:
+                server.log.error("reload: keeping %s for %s: %s failed: %s", old, name, path, exc)
+                kept[name] = old
+    return kept
 
 
 def _prepare_engines(server, settings, models):

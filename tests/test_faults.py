@@ -527,6 +527,29 @@ def test_replacement_workers_serve_the_pinned_version_until_a_reload(tmp_path):
     assert reloaded == Counter({"4": 10})
 
 
+def test_a_reload_keeps_serving_a_model_whose_new_version_cannot_be_converted(tmp_path):
+    """A complete but corrupt new version: SIGHUP must not trade the working version for 503s,
+    since Gunicorn stops the old workers as soon as the new ones start."""
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, models)
+    with gunicorn(tmp_path, workers=1, env={"CONVNET_MODELS_DIR": str(models)}) as srv:
+        broken = models / "mnist" / "4"
+        shutil.copytree(models / "mnist" / "3", broken)
+        meta_path = broken / "assets.extra" / "metadata.json"
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": 4}))
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        first = set(srv.worker_pids())
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 90
+        while set(srv.worker_pids()) & first or srv.ready_workers() < 1:
+            assert time.monotonic() < deadline, srv.log()[-3000:]
+            time.sleep(0.2)
+        answers = [predict(srv.url) for _ in range(10)]
+        log = srv.log()
+    assert [(r.status_code, r.json().get("version")) for r in answers] == [(200, "3")] * 10, log
+    assert "keeping" in log and "mnist/4" in log, log[-3000:]
+
+
 # --- (e) soak ---------------------------------------------------------------------------------
 
 
