@@ -176,37 +176,9 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
-        _archive_dead_worker(path, worker.pid)
+        from service.metrics import archive_dead_worker
 
-
-def _archive_dead_worker(path, pid):
-    """Fold a dead worker's counter and histogram files into `counter_archive.db` and
-    `histogram_archive.db`, then delete them (and its max-mode gauge file).
-
-    prometheus-client keeps a dead worker's files forever (its totals must survive it), so with
-    max_requests recycling the directory gains ~3 files per recycled worker and every scrape reads
-    them all. /metrics merges the archive like any worker's file: counters and histogram samples
-    are summed across files, so the totals are unchanged. Only the master writes the archive,
-    one worker exit at a time. A scrape that lists the files between the archive write and the
-    delete counts that worker twice, once: the delete follows within microseconds.
-    """
-    from prometheus_client.mmap_dict import MmapedDict
-
-    for kind in ("counter", "histogram"):
-        dead = os.path.join(path, f"{kind}_{pid}.db")
-        if not os.path.exists(dead):
-            continue
-        archive = MmapedDict(os.path.join(path, f"{kind}_archive.db"))
-        try:
-            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
-                total, _ = archive.read_value(key)
-                archive.write_value(key, total + value, timestamp)
-        finally:
-            archive.close()
-        os.remove(dead)
-    # model_info (max across workers): the live workers report the same models.
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(path, f"gauge_max_{pid}.db"))
+        archive_dead_worker(path, worker.pid)
 
 
 def _json_write_error(sock, status_int, reason, mesg):

@@ -8,10 +8,13 @@ tests, a plain Flask run) the app's own registry is used.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import resource
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -73,16 +76,63 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+@contextlib.contextmanager
+def archive_lock(path: str, exclusive: bool) -> Iterator[None]:
+    """Scrapes (shared) against the master folding a dead worker's files (exclusive).
+
+    The collector lists the files, then reads them: a file deleted in between fails the scrape
+    (a 500), and a scrape that reads the archive after the fold but the dead file before its
+    delete counts the worker twice, which Prometheus takes for a counter reset. The lock file's
+    name does not end in .db, so the collector never reads it.
+    """
+    with open(os.path.join(path, "archive.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def archive_dead_worker(path: str, pid: int) -> None:
+    """Fold a dead worker's counter and histogram files into `counter_archive.db` and
+    `histogram_archive.db`, then delete them (and its max-mode gauge file).
+
+    prometheus-client keeps a dead worker's files forever (its totals must survive it), so with
+    max_requests recycling the directory gains ~3 files per recycled worker and every scrape reads
+    them all. /metrics merges the archive like any worker's file: counters and histogram samples
+    are summed across files, so the totals are unchanged. Only the master writes the archive, one
+    worker exit at a time, and no scrape runs meanwhile (`archive_lock`).
+    """
+    from prometheus_client.mmap_dict import MmapedDict
+
+    with archive_lock(path, exclusive=True):
+        for kind in ("counter", "histogram"):
+            dead = os.path.join(path, f"{kind}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            archive = MmapedDict(os.path.join(path, f"{kind}_archive.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                    total, _ = archive.read_value(key)
+                    archive.write_value(key, total + value, timestamp)
+            finally:
+                archive.close()
+            os.remove(dead)
+        # model_info (max across workers): the live workers report the same models.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(path, f"gauge_max_{pid}.db"))
+
+
 class Metrics:
     def __init__(self) -> None:
         # Labelled children by (metric, label values). labels() validates and takes a lock on
         # every call; the label sets are bounded (routes x models x classes), so is this.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self.multiprocess = multiprocess_dir() is not None
-        # In multiprocess mode metrics live in files, not in a registry; see `render`.
+        # In multiprocess mode metrics live in files there, not in a registry; see `render`.
+        self.multiprocess_path = multiprocess_dir()
         self.registry = CollectorRegistry()
-        reg = None if self.multiprocess else self.registry
-        if not self.multiprocess:
+        reg = None if self.multiprocess_path else self.registry
+        if not self.multiprocess_path:
             ProcessCollector(registry=self.registry)
 
         self.requests = Counter(
@@ -208,8 +258,10 @@ class Metrics:
 
     def render(self) -> bytes:
         self.sample_process()
-        if self.multiprocess:
+        path = self.multiprocess_path
+        if path:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
+            multiprocess.MultiProcessCollector(registry, path)
+            with archive_lock(path, exclusive=False):
+                return generate_latest(registry)
         return generate_latest(self.registry)

@@ -443,7 +443,7 @@ def test_sigterm_with_a_drain_delay_stops_an_idle_worker_gracefully(tmp_path):
 # --- (d) worker recycling ---------------------------------------------------------------------
 
 
-ARCHIVES = {"counter_archive.db", "histogram_archive.db"}
+ARCHIVES = {"counter_archive.db", "histogram_archive.db", "archive.lock"}
 
 
 def test_worker_recycling_under_load_fails_no_request(tmp_path):
@@ -485,7 +485,7 @@ def test_worker_recycling_under_load_fails_no_request(tmp_path):
     assert recycled >= 2 and not first_pids & set(live)
     assert predicts_counted(text) == load.outcomes["200"]  # the recycled workers' counts are kept
     # Bounded: the live workers' files and one archive per type, whatever the number of recycles
-    # (gunicorn.conf.py folds each dead worker's files into the archive).
+    # (service/metrics.py folds each dead worker's files into the archive).
     others = [n for n in files_after if not any(n.endswith(f"_{pid}.db") for pid in live)]
     assert set(others) <= ARCHIVES, others
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -304,3 +307,58 @@ def test_a_metrics_dir_the_config_made_up_is_removed_at_exit(tmp_path):
         status = srv.stop()  # an assert here would hide the failure that got us here
     assert status == 0, srv.log()
     assert not made.exists()
+
+
+def test_a_scrape_never_overlaps_the_archiving_of_a_dead_worker(tmp_path, monkeypatch):
+    """The master folds a dead worker's files into the archive just after a scrape listed them:
+    that scrape must neither fail on the deleted file nor count the worker twice."""
+    from service.metrics import Metrics, archive_dead_worker
+
+    worker = subprocess.run(
+        [sys.executable, "-c", WORKER_THAT_COUNTS],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    pid = int(worker.stdout)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    metrics = Metrics()
+    read_files = multiprocess.MultiProcessCollector.merge
+    archivers: list[threading.Thread] = []
+
+    def archive_between_listing_and_reading(files, accumulate=True):
+        archiver = threading.Thread(target=archive_dead_worker, args=(str(tmp_path), pid))
+        archiver.start()
+        archiver.join(timeout=1.0)  # done at once unless the scrape holds it off
+        archivers.append(archiver)
+        return read_files(files, accumulate)
+
+    monkeypatch.setattr(
+        multiprocess.MultiProcessCollector,
+        "merge",
+        staticmethod(archive_between_listing_and_reading),
+    )
+    during = metrics.render()
+    monkeypatch.setattr(multiprocess.MultiProcessCollector, "merge", staticmethod(read_files))
+    archivers[0].join(timeout=10)
+    after = metrics.render()
+
+    def counted(text: bytes) -> float:
+        families = text_string_to_metric_families(text.decode())
+        return sum(
+            s.value for f in families for s in f.samples if s.name == "convnet_test_events_total"
+        )
+
+    assert counted(during) == counted(after) == 3
+    assert not (tmp_path / f"counter_{pid}.db").exists()  # folded into the archive after all
+    assert (tmp_path / "counter_archive.db").exists()
+
+
+WORKER_THAT_COUNTS = (
+    "import os\n"
+    "from prometheus_client import Counter\n"
+    "Counter('convnet_test_events', 'Events.').inc(3)\n"
+    "print(os.getpid())\n"
+)
