@@ -27,6 +27,24 @@ def _route(app: Flask) -> tuple[str, dict]:
     return "unmatched", {}
 
 
+def queued_seconds(header: str | None, now: float) -> float | None:
+    """The wait since the proxy's `X-Request-Start: t=<unix seconds>` (nginx's `${msec}`; also
+    milliseconds or microseconds, as other proxies send it), or None without a usable one."""
+    if not header:
+        return None
+    try:
+        started = float(header.removeprefix("t="))
+    except ValueError:
+        return None
+    for scale in (1.0, 1e3, 1e6):  # seconds, ms, us since the epoch: told apart by size
+        if started / scale < 1e10:
+            started /= scale
+            break
+    waited = now - started
+    # A clock step between the proxy's host and ours, or a forged header: not a wait.
+    return max(waited, 0.0) if -1.0 < waited < 3600.0 else None
+
+
 def _labels(app: Flask, on_disk: frozenset[str]) -> tuple[str, str]:
     # The route's rule, never the raw path, and only model names we serve: a random URL or an
     # unknown model name creates no new series.
@@ -45,6 +63,10 @@ def init_app(app: Flask, metrics: Metrics) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
+        # With sync workers a request waits in the listen queue, where nothing in the app sees it.
+        waited = queued_seconds(request.headers.get("X-Request-Start"), time.time())
+        if waited is not None:
+            metrics.queue.observe(waited)
         # A scrape is not traffic: counting it would make in-flight read 1 on every idle scrape.
         if request.url_rule is None or request.url_rule.rule != "/metrics":
             metrics.in_flight.inc()

@@ -149,6 +149,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.queue = Histogram(
+            "convnet_http_request_queue_seconds",
+            "Time from the proxy taking a request (its X-Request-Start header) to a worker "
+            "starting on it: the wait for a free worker, which the request's own duration omits.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.in_flight = Gauge(
             "convnet_http_requests_in_flight",
             "Requests being handled now.",

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import corpus
-from tests.server import GunicornServer
+from tests.server import GunicornServer, NginxProxy, find_nginx
 
 pytestmark = pytest.mark.server
 
@@ -362,3 +362,47 @@ WORKER_THAT_COUNTS = (
     "Counter('convnet_test_events', 'Events.').inc(3)\n"
     "print(os.getpid())\n"
 )
+
+
+def test_the_wait_for_a_worker_is_measured_behind_nginx(server, tmp_path):
+    """nginx stamps X-Request-Start; the service observes the wait before a worker took it. A
+    request straight to Gunicorn carries no stamp and adds no sample."""
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    queued = "convnet_http_request_queue_seconds_count"
+    with NginxProxy(tmp_path, server.port).running() as proxy:
+        before = scrape(server.url)
+        for _ in range(3):
+            assert post(proxy.url, "/predict/mnist", DIGIT_PNG, "image/png") == 200
+        through_nginx = scrape(server.url)
+        assert post(server.url, "/predict/mnist", DIGIT_PNG, "image/png") == 200
+        direct = scrape(server.url)
+    # +1: the proxy's own /livez poll when it started may have landed in `before` or not.
+    assert 3 <= delta(before, through_nginx, queued) <= 4
+    assert delta(through_nginx, direct, queued) == 0
+    waited = delta(before, through_nginx, "convnet_http_request_queue_seconds_sum")
+    assert 0 <= waited < 60
+
+
+NOW = 1_700_000_001.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("t=1700000000.250", 0.75),  # nginx's ${msec}: seconds with milliseconds
+        ("t=1700000000250", 0.75),  # milliseconds
+        ("1700000000250000", 0.75),  # microseconds, no t=
+        ("t=1700000001.5", 0.0),  # the proxy's clock a little ahead: no wait, not a negative one
+        ("t=1700005000", None),  # far ahead: not a wait
+        ("t=-3", None),
+        ("t=soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_queued_seconds_reads_the_proxys_stamp(header, expected):
+    from service.instrumentation import queued_seconds
+
+    waited = queued_seconds(header, now=NOW)
+    assert waited == (None if expected is None else pytest.approx(expected, abs=1e-6))
