@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
         "--bind", default="127.0.0.1:8000", help="address:port (default: %(default)s)"
     )
     serve.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: one per CPU core)"
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: one per usable core, within a container's CPU quota)",
     )
     serve.add_argument(
         "--worker-class",

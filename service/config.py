@@ -66,6 +66,27 @@ class Settings:
         return replace(cls(**values), **overrides)
 
 
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (`docker run
+    --cpus 2`), which os.cpu_count() ignores: a container on a 64-core host would start 64
+    workers, each with its own copy of the models, and share 2 cores among them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for quota_file, period_file in (
+        ("cpu.max", None),
+        ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+    ):
+        try:
+            words = (cgroup / quota_file).read_text().split()
+            if period_file:  # cgroup v1: -1 for no quota
+                words += (cgroup / period_file).read_text().split()
+            quota, period = words[0], words[1]
+            if quota not in ("max", "-1"):
+                return max(1, min(cores or 1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError, IndexError):
+            continue
+    return cores or 1
+
+
 # How a number setting is read, and what to call it when it does not read.
 _NUMBERS = {"int": (int, "a whole number"), "float": (float, "a number of seconds")}
 

@@ -9,13 +9,14 @@ import os
 import shutil
 import tempfile
 
-from service.config import Settings
+from service.config import Settings, usable_cores
 
 wsgi_app = "service.app:create_app()"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # TensorFlow is not fork-safe: every worker imports the app and loads the models after the fork.
 preload_app = False
-workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 1))
+# One per usable core: the CPU affinity and a container's CPU quota, not the host's cores.
+workers = int(os.environ.get("GUNICORN_WORKERS") or usable_cores())
 # sync: one request at a time per process; the kernel queues the rest in FIFO order. It measured
 # the fastest for a lone client and the lowest p99 at every load; batching serves more under load
 # (README, Performance). Like every sync server it wants a buffering proxy in front against slow
