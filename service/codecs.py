@@ -27,7 +27,7 @@ ENCODINGS = ("json", "base64", "png")
 def _decode_base64(text: str, index: int) -> bytes:
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
-        if not sep or not header.endswith(";base64"):
+        if not sep or not header.lower().endswith(";base64"):  # case-blind, as WHATWG says
             raise BadRequest(f"images[{index}]: a data URL must be 'data:<type>;base64,<data>'")
     try:
         return base64.b64decode("".join(text.split()), validate=True)

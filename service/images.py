@@ -15,11 +15,12 @@ Resize policies:
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from service.errors import TooLarge, UndecodableImage, UnsupportedMediaType
 
@@ -69,7 +70,9 @@ def _sniff_ftyp(data: bytes) -> str | None:
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 40_000_000  # a 48 MP phone sensor bins to 12 MP; 40 MP leaves room
+    # Per image as decoded: a JPEG at its DCT-scaled size, so a 48 or 50 MP phone photo
+    # (8064x6048, 8160x6120) passes, decoded at 1/8 a side (0.76 MP).
+    max_pixels: int = 40_000_000
     max_side: int = 20_000
     # All the images of one request together, as decoded (a JPEG at its DCT-scaled size): 64
     # images of 40 MP would hold a worker for minutes, past Gunicorn's timeout.
@@ -83,13 +86,59 @@ class PixelBudget:
     def __init__(self, limits: Limits) -> None:
         self.limit = self.left = limits.max_request_pixels
 
-    def spend(self, width: int, height: int) -> None:
-        if width * height > self.left:
+    def spend(self, pixels: int) -> None:
+        if pixels > self.left:
             raise TooLarge(
                 f"the request's images hold more than {self.limit} pixels together; "
                 "send fewer or smaller images per request"
             )
-        self.left -= width * height
+        self.left -= pixels
+
+
+# A sequential JPEG streams through libjpeg a few rows at a time, so its header may claim more
+# than max_pixels as long as its DCT-scaled size fits (draft divides each side by up to 8). A
+# progressive one keeps every coefficient of its full size in memory (456 MB at 144 MP), so not.
+JPEG_HEADER_FACTOR = 4
+
+# libjpeg decodes every scan of a progressive JPEG over the whole image, however few bytes the
+# scan takes: 59 bytes repeated held a core 20 ms each at 36 MP. Real ones have about 10 scans.
+MAX_JPEG_SCANS = 100
+
+# Where a scan's entropy-coded data ends: 0xFF (and fill 0xFFs) before a byte that is not a
+# stuffed zero or a restart marker, which the decoder reads inside the scan.
+_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_scans(data: bytes) -> int:
+    """How many scans (SOS markers) libjpeg reads in the first image: the cheap count of
+    0xFFDA where it is small; else a walk of the segments up to the first EOI, since an EXIF
+    thumbnail, an MPO's further images or a motion photo's video may hold 0xFFDA too."""
+    upper = data.count(b"\xff\xda")
+    if upper <= MAX_JPEG_SCANS:
+        return upper
+    scans, pos = 0, 2  # after SOI
+    while pos + 1 < len(data):
+        if data[pos] != 0xFF:  # stray bytes: libjpeg skips on to the next marker
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+        elif marker == 0xD9:  # EOI: nothing after it is decoded
+            break
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if marker == 0xDA:
+                scans += 1
+                found = _MARKER_IN_SCAN.search(data, pos)
+                if found is None:
+                    break
+                pos = found.end() - 2
+    return scans
 
 
 def register_plugins() -> None:
@@ -116,23 +165,42 @@ def decode(
         )
     # pillow-heif reads AVIF too; give Pillow's own AVIF plugin the first try.
     formats = ["AVIF", "HEIF"] if fmt == "AVIF" else [fmt]
+    scans = _jpeg_scans(data) if fmt == "JPEG" else 1
+    if scans > MAX_JPEG_SCANS:
+        raise UndecodableImage(
+            f"the JPEG has more than {MAX_JPEG_SCANS} scans; a progressive JPEG has about 10"
+        )
     try:
         # Our own pixel limit below is the check that counts. Pillow only warns past its
-        # MAX_IMAGE_PIXELS (89 MP) and raises past twice that, above our default limit.
+        # MAX_IMAGE_PIXELS (89 MP) and raises past twice that, above our header limits.
         img = Image.open(io.BytesIO(data), formats=[f for f in formats if f in ALLOWED_FORMATS])
         w, h = img.size
         if w < 1 or h < 1:
             raise UndecodableImage(f"the image has no pixels ({w}x{h})")
-        if w * h > limits.max_pixels or max(w, h) > limits.max_side:
+        # An MPO (a JPEG with an MPF segment: many phone photos) is a JPEG to the decoder.
+        jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)
+        header_limit = limits.max_pixels
+        if jpeg and draft_size and not img.info.get("progressive"):
+            header_limit *= JPEG_HEADER_FACTOR
+        if w * h > header_limit or max(w, h) > limits.max_side:
             raise TooLarge(
-                f"the image is {w}x{h} pixels; the limit is {limits.max_pixels} pixels "
+                f"the image is {w}x{h} pixels; the limit is {header_limit} pixels "
                 f"and {limits.max_side} per side"
             )
-        if draft_size and img.format == "JPEG":
+        if draft_size and jpeg:
             # DCT scaling in the JPEG decoder: a 12 MP photo decodes at 1/8 size, far faster.
             img.draft(img.mode, (draft_size, draft_size))
+        dw, dh = img.size
+        if dw * dh > limits.max_pixels:
+            raise TooLarge(
+                f"the image is {w}x{h} pixels, {dw}x{dh} at its reduced size; the limit is "
+                f"{limits.max_pixels} pixels"
+            )
         if budget is not None:
-            budget.spend(*img.size)  # after draft: the pixels that will be decoded
+            # After draft: the pixels that will be decoded. Each further scan of a JPEG is read
+            # over the full size, costing about a 1/8-size decode (34 ms a scan at 64 MP).
+            budget.spend(dw * dh + max(scans - 1, 0) * (w * h // 64))
+        _png_16_bit_key(img, data)
         img.load()  # first frame only for GIF/WebP/TIFF; later frames are never decoded
         return img
     except (TooLarge, UndecodableImage):
@@ -141,6 +209,15 @@ def decode(
         raise TooLarge(f"the image claims too many pixels ({exc})") from exc
     except Exception as exc:  # Pillow raises many types on broken files; none may escape as a 500
         raise UndecodableImage(f"the {fmt} image could not be decoded: {exc}") from exc
+
+
+def _png_16_bit_key(img: Image.Image, data: bytes) -> None:
+    """Pillow reads a 16-bit RGB PNG as 8-bit (the high bytes) but leaves its colour key in 16
+    bits, where it matches nothing: bring the key to the pixels' 8 bits. (16-bit grey keeps
+    its 16 bits; _to_8bit applies its key.)"""
+    key = img.info.get("transparency")
+    if img.format == "PNG" and img.mode == "RGB" and isinstance(key, tuple) and data[24] == 16:
+        img.info["transparency"] = tuple(v >> 8 for v in key)  # data[24]: IHDR's bit depth
 
 
 # Where Pillow finds an orientation: EXIF (its own block, or TIFF tags) or XMP. Without any of
@@ -160,15 +237,23 @@ def _exif_transpose(img: Image.Image) -> Image.Image:
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit and 32-bit grey images scaled into 0..255 (Pillow's convert would clip them)."""
+    """16-bit and 32-bit grey images scaled into 0..255 (Pillow's convert would clip them), a
+    colour key (16-bit PNG's tRNS) kept as alpha; premultiplied grey + alpha un-premultiplied."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.float64)
+        arr = np.asarray(img)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        grey = np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        key = img.info.get("transparency")
+        if isinstance(key, int):  # the key matches the 16-bit values, not the scaled ones
+            alpha = np.where(arr == key, 0, 255).astype(np.uint8)
+            return Image.fromarray(np.dstack((grey, alpha)), "LA")
+        return Image.fromarray(grey, "L")
     if img.mode == "F":
         arr = np.asarray(img).astype(np.float64)
         top = 1.0 if arr.max() <= 1.0 else 255.0
         return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "La":  # a TIFF's associated alpha: Pillow converts La only to LA
+        return img.convert("LA")
     return img
 
 
@@ -204,6 +289,9 @@ def _background_for(img: Image.Image, default: tuple[int, int, int]) -> tuple[in
     alpha = pixels[..., 3] / 255.0
     if alpha.sum() < 1 or alpha.min() > 0.99:
         return default
+    if alpha.mean() > 0.5:  # mostly opaque: a sheet with a transparent margin, which is paper too
+        paper = np.median(pixels[alpha > 0.5][:, :3], axis=0)  # the ink is the minority
+        return tuple(int(v + 0.5) for v in paper)
     tone = (pixels[..., :3].mean(axis=2) * alpha).sum() / alpha.sum()
     default_tone = sum(default) / 3
     if abs(tone - default_tone) < 64:  # ink the colour of the background: use the opposite
@@ -212,7 +300,7 @@ def _background_for(img: Image.Image, default: tuple[int, int, int]) -> tuple[in
 
 
 def to_mode(img: Image.Image, color_mode: str, background: tuple[int, int, int]) -> Image.Image:
-    img = _flatten_alpha(_to_8bit(img), background)
+    img = _flatten_alpha(img, background)
     if img.mode in ("LAB", "HSV"):  # Pillow converts these to RGB only (a CIELab TIFF)
         img = img.convert("RGB")
     target = {"grayscale": "L", "rgb": "RGB"}[color_mode]
@@ -362,11 +450,16 @@ def mnist_digit(
 def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     """A decoded image -> float32 (H, W, C) exactly as the model's metadata describes."""
     h, w = spec["height"], spec["width"]
-    img = _exif_transpose(img)
     background = tuple(spec.get("alpha_background", (255, 255, 255)))
-    if spec["resize"] == "mnist_digit":
-        background = _background_for(img, background)
-    img = to_mode(img, spec["color_mode"], background)
+    try:  # a mode or file Pillow cannot convert is a client's image, not a 500
+        img = _to_8bit(_exif_transpose(img))
+        if spec["resize"] == "mnist_digit":
+            background = _background_for(img, background)
+        img = to_mode(img, spec["color_mode"], background)
+    except (ValueError, OSError) as exc:
+        raise UndecodableImage(
+            f"the {img.format or 'image'} could not be converted: {exc}"
+        ) from exc
     # Pixels times the scale in float32: uint8 -> float32 is exact, so every route to it (one
     # numpy ufunc, not astype, * and +; or the digit kernel's own loop) gives the same floats.
     if spec["resize"] == "mnist_digit":

@@ -99,6 +99,15 @@ def png_text_bomb(megabytes: int = 64) -> bytes:
     return png[:33] + _chunk(b"zTXt", b"Comment\x00\x00" + text) + png[33:]
 
 
+def jpeg_scan_bomb(side: int = 4000, repeats: int = 3000) -> bytes:
+    """A progressive JPEG whose last scan is repeated: each copy is 31 bytes, but the decoder
+    reads the whole image for it, 11 ms at 16 MP (3000 copies: 33 s, near Gunicorn's timeout)."""
+    data = corpus.encode(Image.new("L", (side, side), 128), "JPEG", quality=90, progressive=True)
+    eoi = data.rindex(b"\xff\xd9")
+    last_scan = data[data.rindex(b"\xff\xda", 0, eoi) : eoi]
+    return data[:eoi] + last_scan * repeats + b"\xff\xd9"
+
+
 def gif_frames(n: int) -> bytes:
     frames = [Image.new("L", (16, 16), (i * 37) % 256) for i in range(n)]
     return corpus.encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=1)
@@ -165,6 +174,7 @@ def payloads() -> list[Payload]:
         Payload("tiff_claims_100000x100000", tiff_claiming(100_000, 100_000), 413, "too_large"),
         Payload("jpeg_claims_65500x65500", jpeg_claiming(65_500, 65_500), 413, "too_large"),
         Payload("png_ztxt_bomb_64MB", png_text_bomb(), 422, "undecodable_image", "image/png"),
+        Payload("jpeg_last_scan_3000_times", jpeg_scan_bomb(), 422, "undecodable_image"),
         Payload("png_side_over_limit_1x20001", png_claiming(1, 20_001), 413, "too_large"),
         Payload("png_claims_0x0", png_claiming(0, 0), 422, "undecodable_image"),
         Payload("random_bytes", rng.randbytes(4096), 415, "unsupported_media_type"),

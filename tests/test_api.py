@@ -69,6 +69,13 @@ def test_bad_bodies(client, body, mime, status):
     assert r.status_code == status and r.is_json
 
 
+def test_a_data_url_may_spell_base64_in_any_case(client):
+    # WHATWG's data: URL parser matches ";base64" ignoring ASCII case.
+    b64 = base64.b64encode(corpus.encode(corpus.digit(7), "PNG")).decode()
+    r = client.post("/predict/mnist", json={"images": [f"data:image/png;BASE64,{b64}"]})
+    assert r.status_code == 200, r.json
+
+
 def test_openapi_lists_models_and_every_route(app):
     spec = build_openapi(["mnist", "scenes"])
     assert spec["openapi"].startswith("3.")

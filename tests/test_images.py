@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from service import images
 from service.errors import TooLarge, UndecodableImage, UnsupportedMediaType
-from tests import corpus
+from tests import corpus, hostile_corpus
 from training.recipes import MNIST, SCENES
 
 LIMITS = images.Limits()
@@ -93,6 +95,31 @@ def test_a_colour_key_is_transparency_too(mode):
     assert np.abs(got[16, 16] - as_rgba[16, 16]).max() == 0
 
 
+def _png_16_bit(rows: list[bytes], colour: bool, key: bytes) -> bytes:
+    """An 8x8 16-bit grey or RGB PNG with a tRNS colour key (Pillow writes neither)."""
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 16, 2 if colour else 0, 0, 0, 0)
+    idat = zlib.compress(b"".join(b"\x00" + row for row in rows))
+    chunks = ((b"IHDR", ihdr), (b"tRNS", key), (b"IDAT", idat), (b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        for kind, body in chunks
+    )
+
+
+@pytest.mark.parametrize("colour", [False, True], ids=["grey", "rgb"])
+def test_a_16_bit_colour_key_is_transparency_too(colour):
+    # Top half the keyed 0x8000, bottom half 0x2000: the key goes onto white, the rest stays.
+    per_pixel = 3 if colour else 1
+    rows = [b"\x80\x00" * 8 * per_pixel] * 4 + [b"\x20\x00" * 8 * per_pixel] * 4
+    data = _png_16_bit(rows, colour, b"\x80\x00" * per_pixel)
+    got = images.load(data, {**RGB, "height": 8, "width": 8}, LIMITS)
+    assert got[:4].min() == 1.0
+    assert got[4:].max() == pytest.approx(0x20 / 255)
+    if not colour:  # grey keeps its 16 bits: 0x80ff is not the key 0x8000
+        near = _png_16_bit([b"\x80\xff" * 8] * 8, colour, b"\x80\x00")
+        assert images.load(near, {**RGB, "height": 8, "width": 8}, LIMITS).max() < 0.6
+
+
 def test_a_large_transparent_digit_keeps_its_ink():
     # 4000x4000 white strokes on transparent: the background tone is judged on a reduced copy
     # (at full size it took 256 MB of floats), and still comes out black under white ink, as for
@@ -127,6 +154,32 @@ def _to_lab(img: Image.Image) -> bytes:
     return ImageCms.applyTransform(img.convert("RGB"), transform).tobytes()
 
 
+@pytest.mark.parametrize("spec", [RGB, DIGIT], ids=["scenes", "mnist"])
+def test_a_tiff_with_associated_alpha_is_composited_like_any_alpha(spec):
+    # Grey + premultiplied alpha (TIFF ExtraSamples = 1) opens as Pillow's mode La, which Pillow
+    # converts to LA only; it gave a 500.
+    la = Image.new("LA", (40, 40), (0, 0))
+    ImageDraw.Draw(la).rectangle([10, 10, 29, 29], fill=(200, 255))
+    tiff = bytearray(corpus.encode(la, "TIFF"))
+    ifd = struct.unpack("<I", tiff[4:8])[0]
+    for i in range(struct.unpack("<H", tiff[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", tiff[entry : entry + 2])[0] == 338:  # ExtraSamples
+            tiff[entry + 8 : entry + 10] = struct.pack("<H", 1)  # associated alpha
+    assert Image.open(io.BytesIO(bytes(tiff))).mode == "La"
+    got = images.load(bytes(tiff), spec, LIMITS)
+    assert got.tobytes() == images.load(corpus.encode(la, "PNG"), spec, LIMITS).tobytes()
+
+
+def test_an_image_pillow_cannot_convert_is_undecodable_not_a_500(monkeypatch):
+    def cannot(*args):
+        raise ValueError("conversion from XY to L not supported")
+
+    monkeypatch.setattr(images, "to_mode", cannot)
+    with pytest.raises(UndecodableImage, match="could not be converted"):
+        images.load(corpus.encode(corpus.photo(), "PNG"), RGB, LIMITS)
+
+
 def test_an_avif_that_names_the_generic_brand_first_is_still_avif():
     # The ftyp box may give `mif1` as the major brand and `avif` only among the compatible
     # ones; the HEVC-only HEIF decoder cannot read it, so it must go to the AVIF decoder.
@@ -156,6 +209,52 @@ def test_a_jpeg_spends_its_reduced_size_from_the_budget():
     for _ in range(16):
         images.load(photo, RGB, LIMITS, budget)
     assert LIMITS.max_request_pixels - budget.left == 16 * 500 * 375
+
+
+def test_an_mpo_is_drafted_like_any_jpeg():
+    # A JPEG with an MPF segment (many phones write one) opens as Pillow's MPO, still a JPEG.
+    big = corpus.photo(64, 48).resize((4000, 3000))
+    mpo = corpus.encode(big, "MPO", save_all=True, append_images=[big.resize((400, 300))])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    assert images.decode(mpo, LIMITS, draft_size=128).size == (500, 375)
+    budget = images.PixelBudget(LIMITS)
+    images.load(mpo, RGB, LIMITS, budget)
+    # Its reduced size, and one more scan (the cheap count sees the second image's) at 1/64.
+    assert LIMITS.max_request_pixels - budget.left == 2 * 500 * 375
+
+
+def test_a_48_mp_phone_jpeg_is_limited_at_its_reduced_size():
+    # 8064x6048 passes the 40 MP limit at 1/8 a side; without DCT scaling, or progressive
+    # (whose decoder holds the full size's coefficients), it does not.
+    img = corpus.photo(64, 48).resize((8064, 6048))
+    data = corpus.encode(img, "JPEG", quality=85)
+    assert images.decode(data, LIMITS, draft_size=128).size == (1008, 756)
+    assert images.load(data, RGB, LIMITS).shape == (32, 32, 3)
+    with pytest.raises(TooLarge):
+        images.decode(data, LIMITS)
+    with pytest.raises(TooLarge):
+        images.load(corpus.encode(img, "JPEG", quality=85, progressive=True), RGB, LIMITS)
+    with pytest.raises(TooLarge):  # past 4x the limit from its header alone
+        small = images.Limits(max_pixels=1_000_000)
+        images.load(hostile_corpus.jpeg_claiming(2100, 2000), RGB, small)
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding():
+    # Each repeat of the last scan makes libjpeg read the whole image again (minutes at 36 MP).
+    data = hostile_corpus.jpeg_scan_bomb(side=64, repeats=200)
+    with pytest.raises(UndecodableImage, match="more than 100 scans"):
+        images.load(data, RGB, LIMITS)
+    # 0xFFDA outside the first image's scans (a motion photo's trailing video) is not a scan.
+    photo = corpus.encode(corpus.photo(), "JPEG", progressive=True)
+    assert images.load(photo + b"\xff\xda\x00" * 500, RGB, LIMITS).shape == (32, 32, 3)
+
+
+def test_each_scan_of_a_jpeg_is_spent_from_the_budget():
+    # Every scan is read at full size: 50 scans of 4000x4000 cost more than 50 decodes at 1/8.
+    data = hostile_corpus.jpeg_scan_bomb(side=4000, repeats=44)
+    budget = images.PixelBudget(LIMITS)
+    images.load(data, RGB, LIMITS, budget)
+    assert LIMITS.max_request_pixels - budget.left == 500 * 500 + 49 * 4000 * 4000 // 64
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped():
@@ -250,7 +349,14 @@ def _com(arr: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize(
     "source",
-    ["paper", "small", "canvas_transparent", "white_ink_on_transparent", "mnist"],
+    [
+        "paper",
+        "small",
+        "canvas_transparent",
+        "white_ink_on_transparent",
+        "sheet_with_transparent_margin",
+        "mnist",
+    ],
 )
 def test_digit_is_normalised_like_mnist(source):
     if source == "paper":  # dark ink on white paper, large, off-centre
@@ -266,6 +372,11 @@ def test_digit_is_normalised_like_mnist(source):
     elif source == "white_ink_on_transparent":
         rgba = Image.new("RGBA", (280, 280), (255, 255, 255, 0))
         ImageDraw.Draw(rgba).line([(80, 60), (200, 60), (120, 230)], fill="white", width=22)
+        data = corpus.encode(rgba, "PNG")
+    elif source == "sheet_with_transparent_margin":  # the margin is paper, not the ink's colour
+        rgba = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+        ImageDraw.Draw(rgba).rectangle([4, 4, 275, 275], fill="white")
+        ImageDraw.Draw(rgba).line([(80, 60), (200, 60), (120, 230)], fill="black", width=22)
         data = corpus.encode(rgba, "PNG")
     else:
         data = corpus.encode(corpus.mnist_like(7), "PNG")
