@@ -1,6 +1,7 @@
 """Which models exist and how to call them: models/<name>/<version>/ in TF Serving's layout.
 
-The highest numbered version of each model is served. Everything the service knows about a model
+The highest numbered version of each model is served, skipping smoke and tuning-split runs (their
+metadata's `training` section says so). Everything the service knows about a model
 (classes, input, preprocessing, layer table) comes from the metadata written at export time.
 """
 
@@ -99,14 +100,32 @@ def _is_complete_version(path: Path) -> bool:
     )
 
 
+def _is_trial_run(path: Path) -> bool:
+    """A smoke run (`--max-batches`) or a `--tuning-split` run: never to be served."""
+    try:
+        metadata = engines.read_metadata(path)
+    except (OSError, ValueError):
+        return False  # unreadable metadata: loading the version reports it
+    training = metadata.get("training") if isinstance(metadata, dict) else None
+    if not isinstance(training, dict):
+        return False
+    trial = [k for k in ("smoke_run", "tuning_split") if training.get(k) is True]
+    if trial:
+        log.warning("skipping %s: its metadata marks it a %s", path, " and ".join(trial))
+    return bool(trial)
+
+
 def find_versions(models_dir: Path) -> dict[str, Path]:
-    """The newest complete version of each model: {name: models_dir/name/version}."""
+    """The newest complete version of each model that is not a trial run:
+    {name: models_dir/name/version}."""
     found = {}
     root = Path(models_dir)
     for model_dir in sorted(root.iterdir()) if root.is_dir() else []:
         if not model_dir.is_dir():
             continue
-        versions = [p for p in model_dir.iterdir() if _is_complete_version(p)]
+        versions = [
+            p for p in model_dir.iterdir() if _is_complete_version(p) and not _is_trial_run(p)
+        ]
         if versions:
             found[model_dir.name] = max(versions, key=lambda p: int(p.name))
     return found

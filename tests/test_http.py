@@ -137,6 +137,26 @@ def test_find_versions_takes_the_newest_complete_plainly_numbered_version(tmp_pa
     assert find_versions(tmp_path) == {"m": tmp_path / "m" / "2"}
 
 
+def test_find_versions_skips_smoke_and_tuning_split_runs(tmp_path, caplog):
+    from service.registry import find_versions
+
+    def version(model: str, name: str, training: dict) -> None:
+        (tmp_path / model / name / "assets.extra").mkdir(parents=True)
+        (tmp_path / model / name / "saved_model.pb").write_text("x")
+        metadata = json.dumps({"training": training})
+        (tmp_path / model / name / "assets.extra" / "metadata.json").write_text(metadata)
+
+    version("m", "2", {"smoke_run": False, "tuning_split": False})
+    version("m", "3", {"smoke_run": False})  # exported before tuning_split existed (scenes v2)
+    version("m", "4", {"smoke_run": True, "tuning_split": False})  # convnet-train --max-batches
+    version("m", "5", {"smoke_run": False, "tuning_split": True})  # convnet-train --tuning-split
+    version("n", "1", {"smoke_run": True, "tuning_split": True})  # nothing to serve
+    with caplog.at_level("WARNING", logger="service.registry"):
+        assert find_versions(tmp_path) == {"m": tmp_path / "m" / "3"}
+    assert "m/4: its metadata marks it a smoke_run" in caplog.text
+    assert "m/5: its metadata marks it a tuning_split" in caplog.text
+
+
 @pytest.mark.parametrize("fmt", sorted(corpus.FORMATS))
 @pytest.mark.parametrize("model", ["mnist", "scenes"])
 def test_predict_every_format_raw_body(server, model, fmt):

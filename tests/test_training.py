@@ -285,6 +285,8 @@ def test_smoke_train_and_export(name, options, tmp_path):
         assert (target / "report" / f).stat().st_size > 1000
     metadata = json.loads((target / "assets.extra" / "metadata.json").read_text())
     assert metadata["training"]["smoke_run"] is True
+    data_file = {"mnist": "mnist-train.npz", "scenes": "cifar4-train.npz"}[name]
+    assert metadata["training"]["data_source"] == str(SHARED_DATA / data_file)
     assert len(metadata["evaluation"]["confusion_matrix"]) == len(metadata["classes"])
     tuning = "--tuning-split" in options
     assert metadata["training"]["tuning_split"] is tuning
@@ -331,3 +333,189 @@ def test_committed_model_reproduces_its_recorded_accuracy(name):
     probs = predict(image=_scale(ds.x[val], recipe))["probabilities"].numpy()
     accuracy = float((probs.argmax(1) == ds.y[val]).mean())
     assert accuracy == pytest.approx(metadata["evaluation"]["accuracy"], abs=1e-4)
+
+
+def _corrupt_member(path: Path, offset: int) -> None:
+    """Flip 32 bytes of the first member's compressed data from `offset`, the zip left intact."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.infolist()[0]
+    raw = bytearray(path.read_bytes())
+    header = raw[info.header_offset : info.header_offset + 30]  # the local file header
+    start = info.header_offset + 30 + int.from_bytes(header[26:28], "little")
+    start += int.from_bytes(header[28:30], "little") + offset
+    for i in range(start, start + 32):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+# Where the damage lies decides what numpy raises: at the deflate block header zlib.error; in the
+# .npy header tokenize's TokenError (read and parsed before the CRC is checked); later Bad CRC-32.
+@pytest.mark.parametrize("offset", [2, 100, 500])
+def test_corrupt_member_in_a_data_file_is_a_clear_error(tmp_path, offset):
+    path = tmp_path / "mnist-train.npz"
+    x = np.tile(np.arange(28, dtype=np.uint8), (500, 28, 1))
+    np.savez_compressed(path, x=x, y=np.zeros(500, np.uint8))
+    _corrupt_member(path, offset)
+    with pytest.raises(data.DataError, match=r"not a readable \.npz"):
+        data.load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (np.array([0, 1, 10], np.uint8), r"labels must lie in 0\.\.9"),
+        (np.array([0, -1, 2], np.int64), r"labels must lie in 0\.\.9"),
+        (np.array([0.0, 1.5, 2.0], np.float32), "labels must be integers"),
+    ],
+)
+def test_load_mnist_checks_its_labels(tmp_path, monkeypatch, y, message):
+    x = np.zeros((3, 28, 28), np.uint8)
+    np.savez_compressed(tmp_path / "mnist-train.npz", x=x, y=y)
+    with pytest.raises(data.DataError, match=message):
+        data.load_mnist(tmp_path)
+    # keras.datasets, when the file is absent, is checked the same way
+    monkeypatch.setattr(data, "_keras_fallback", lambda name, path: ((x, y), (x, y)))
+    with pytest.raises(data.DataError, match=message):
+        data.load_mnist(tmp_path / "absent")
+
+
+def test_scenes_fallback_keeps_the_images_the_file_holds(tmp_path, monkeypatch):
+    """keras.datasets' CIFAR-10 holds 5,000 images a class; the file the first 4,500 of each."""
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), 5000))[:, None]
+    ids = np.arange(len(y))  # each "image" is its own index in CIFAR-10's order
+    monkeypatch.setattr(data, "_keras_fallback", lambda name, path: ((ids, y), (ids, y)))
+    ds = data.load_scenes(tmp_path, SCENES.classes)
+    assert np.bincount(ds.y).tolist() == [4500] * 4
+    expected = [np.flatnonzero(y[:, 0] == data.CIFAR10_IDS[c])[:4500] for c in SCENES.classes]
+    assert ds.x.tolist() == sorted(np.concatenate(expected).tolist())  # in the original order
+    assert [data.CIFAR10_IDS[SCENES.classes[c]] for c in ds.y] == y[ds.x, 0].tolist()
+    assert "keras.datasets.cifar10" in ds.source and "4500" in ds.source
+
+
+def test_each_augmentation_layer_has_its_own_seed():
+    import dataclasses
+
+    from training.train import _augmenter
+
+    augment = {"flip": 1.0, "rotation": 0.02, "zoom": 0.1, "translation": 0.1}
+    layers = _augmenter(dataclasses.replace(SCENES, augment=augment), seed=5).layers
+    assert [type(layer).__name__ for layer in layers] == [
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+    ]
+    assert [layer.seed for layer in layers] == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--epochs", "0"], "argument --epochs: must be 1 or more, got 0"),
+        (["--max-batches", "0", "--out", "x"], "argument --max-batches: must be 1 or more"),
+        (["--version", "-1"], "argument --version: must be 0 or more, got -1"),
+        (["--dropout", "1"], "argument --dropout: must be at least 0 and below 1"),
+        (["--dropout", "-0.1"], "argument --dropout: must be at least 0 and below 1"),
+        (["--epochs", "two"], "argument --epochs: not an integer: 'two'"),
+        (["--max-batches", "2"], "--max-batches and --tuning-split need an explicit --out"),
+        (["--tuning-split"], "--max-batches and --tuning-split need an explicit --out"),
+    ],
+)
+def test_cli_rejects_out_of_range_options(options, message, capsys):
+    from training import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["mnist", *options])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_takes_zero_as_given(tmp_path, monkeypatch):
+    """--version 0 and --dropout 0 are values, not "use the default"."""
+    from training import cli, export, report, train
+
+    seen = {}
+
+    def fake_train(recipe, data_dir, seed, epochs, max_batches, tuning_split):
+        seen["dropout"] = recipe.dropout
+        evaluation = {
+            "split": "validation",
+            "accuracy": 1.0,
+            "samples": 1,
+            "per_class_accuracy": {},
+        }
+        return train.TrainResult(
+            model=None, history={}, evaluation=evaluation, training={"wall_time_seconds": 0.0}
+        )
+
+    def fake_export(model, recipe, out_dir, version, training, evaluation):
+        seen["version"] = version
+        return Path(out_dir) / recipe.name / str(version)
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(export, "export", fake_export)
+    monkeypatch.setattr(report, "write_report", lambda *args: None)
+    assert cli.parse_args(["mnist", "--out", "x", "--version", "0"]).version == 0
+    assert cli.main(["mnist", "--out", str(tmp_path), "--version", "0", "--dropout", "0"]) == 0
+    assert seen == {"dropout": 0.0, "version": 0}
+    assert cli.main(["mnist", "--out", str(tmp_path)]) == 0
+    assert seen["version"] is None  # picked by export, when it writes
+
+
+def test_train_rejects_zero_epochs_and_batches(tmp_path):
+    from training.train import train
+
+    with pytest.raises(ValueError, match="epochs must be 1 or more"):
+        train(MNIST, tmp_path, seed=1, epochs=0)
+    with pytest.raises(ValueError, match="max_batches must be 1 or more"):
+        train(MNIST, tmp_path, seed=1, max_batches=0)
+
+
+def test_cli_sets_the_tensorflow_log_level_before_tensorflow_loads(tmp_path):
+    import os
+
+    (tmp_path / "mnist-train.npz").write_bytes(b"not a zip file")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    cli = subprocess.run(
+        [sys.executable, "-m", "training.cli", "mnist", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert cli.returncode == 2 and "not a readable" in cli.stderr
+    # TensorFlow's INFO and WARNING lines (level 2 hides them) would say where they came from.
+    assert "cpu_feature_guard" not in cli.stderr, cli.stderr
+
+
+def test_export_without_a_version_takes_the_next_free_one_when_it_writes(tmp_path, monkeypatch):
+    """Two runs ending side by side: the one that renames second takes the next version."""
+    from training import export
+
+    model = MNIST.build(len(MNIST.classes), MNIST.dropout)
+    model_dir = tmp_path / "mnist"
+    # Another run exporting version 1 at the same time: its staging folder, under the name a
+    # shared one would have had, must not be touched.
+    (model_dir / ".1.partial").mkdir(parents=True)
+    (model_dir / ".1.partial" / "theirs").write_text("x")
+    real_next_version = export.next_version
+
+    def next_version_then_taken(path: Path) -> int:
+        version = real_next_version(path)
+        if not (path / "1").exists():  # the other run renames its version 1 into place now
+            (path / "1").mkdir()
+            (path / "1" / "saved_model.pb").write_text("theirs")
+            return version  # ... just after this run read 1 as the next free version
+        return version
+
+    monkeypatch.setattr(export, "next_version", next_version_then_taken)
+    target = export.export(model, MNIST, tmp_path, None, {"seed": 0}, {"accuracy": 0.0})
+    assert target == model_dir / "2"
+    assert json.loads((target / export.METADATA_PATH).read_text())["version"] == 2
+    assert (model_dir / "1" / "saved_model.pb").read_text() == "theirs"
+    assert (model_dir / ".1.partial" / "theirs").exists()
+    assert sorted(p.name for p in model_dir.iterdir()) == [".1.partial", "1", "2"]

@@ -6,9 +6,41 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+# Set before anything imports TensorFlow (training.recipes does, in parse_args), or it has no
+# effect: keeps TensorFlow's C++ chatter out of the progress bar.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 DEFAULT_DATA_DIR = Path("../shared/data")
+DEFAULT_OUT = Path("models")
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a dropout rate, 0 <= rate < 1 (1 would drop every unit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,19 +60,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("models"),
-        help="models folder; the export goes to OUT/<model>/<version> (default: %(default)s)",
+        default=None,
+        help=f"models folder; the export goes to OUT/<model>/<version> (default: {DEFAULT_OUT}; "
+        "required with --max-batches or --tuning-split, whose models are not to be served)",
     )
     p.add_argument(
         "--version",
-        type=int,
+        type=_at_least(0),
         default=None,
         help="version number to export as (default: one above the highest present)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's)")
+    p.add_argument(
+        "--epochs", type=_at_least(1), default=None, help="epochs (default: the recipe's)"
+    )
     p.add_argument("--seed", type=int, default=1, help="seed for the split, init and augmentation")
     p.add_argument(
-        "--dropout", type=float, default=None, help="dropout rate (default: the recipe's)"
+        "--dropout", type=_rate, default=None, help="dropout rate (default: the recipe's)"
     )
     p.add_argument(
         "--tuning-split",
@@ -50,18 +85,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--max-batches",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="smoke run: train on this many batches per epoch only",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        if args.max_batches is not None or args.tuning_split:
+            # Their exports would land beside the served models and be the newest version.
+            p.error("--max-batches and --tuning-split need an explicit --out")
+        args.out = DEFAULT_OUT
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault(
-        "TF_CPP_MIN_LOG_LEVEL", "2"
-    )  # keep TensorFlow's C++ chatter out of the bar
 
     from training import export, report
     from training.data import DataError
@@ -71,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe = RECIPES[args.model]
     if args.dropout is not None:
         recipe = dataclasses.replace(recipe, dropout=args.dropout)
-    version = args.version or export.next_version(args.out / recipe.name)
-    if (args.out / recipe.name / str(version)).exists():
-        print(f"error: {args.out / recipe.name / str(version)} already exists", file=sys.stderr)
+    # An explicit version is checked before training; without one, export picks the next free
+    # version when it writes, so runs started side by side do not collide.
+    if args.version is not None and (args.out / recipe.name / str(args.version)).exists():
+        print(
+            f"error: {args.out / recipe.name / str(args.version)} already exists", file=sys.stderr
+        )
         return 2
     try:
         result = train(
@@ -82,15 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    target = export.export(
-        result.model, recipe, args.out, version, result.training, result.evaluation
-    )
+    try:
+        target = export.export(
+            result.model, recipe, args.out, args.version, result.training, result.evaluation
+        )
+    except FileExistsError as exc:  # an explicit version taken while this run trained
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report.write_report(
         target, recipe.name, recipe.classes, result.history, result.evaluation, result.training
     )
     ev = result.evaluation
     print(
-        f"\n{recipe.name} v{version}: {ev['split']} accuracy {ev['accuracy']:.4%} "
+        f"\n{recipe.name} v{target.name}: {ev['split']} accuracy {ev['accuracy']:.4%} "
         f"on {ev['samples']} images, trained in {result.training['wall_time_seconds']} s"
     )
     for name, acc in ev["per_class_accuracy"].items():

@@ -8,8 +8,10 @@ clear `DataError` instead of a traceback.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
@@ -18,6 +20,9 @@ CLASS_ALIASES = {"ship": "boat"}
 
 # CIFAR-10's label ids, used only by the keras.datasets fallback.
 CIFAR10_IDS = {"bird": 2, "cat": 3, "dog": 5, "boat": 8}
+# The fallback keeps what cifar4-train.npz holds: the first 4,500 images of each class in
+# CIFAR-10's order; the last 500 are kept aside for evaluation (../shared/data/README.md).
+CIFAR_PER_CLASS = 4500
 
 
 class DataError(Exception):
@@ -28,6 +33,7 @@ class DataError(Exception):
 class Dataset:
     x: np.ndarray  # uint8, (N, H, W, C)
     y: np.ndarray  # int64 class index in the recipe's class order, (N,)
+    source: str = ""  # where the images came from, for the model's metadata
 
 
 def remap_labels(y: np.ndarray, source_classes: list[str], classes: list[str]) -> np.ndarray:
@@ -52,15 +58,25 @@ def _read_npz(path: Path, arrays: tuple[str, ...]) -> dict[str, np.ndarray]:
             return {a: f[a] for a in arrays}
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    # A damaged member fails only when it is read: zlib.error, TokenError from numpy parsing a
+    # damaged .npy header, or BadZipFile on its CRC.
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, TokenError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
-def _check(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], path: Path) -> None:
+def _check(x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], path: Path | str) -> None:
     if x.dtype != np.uint8 or x.shape[1:] != shape:
         raise DataError(f"{path}: x must be uint8 of shape (N, {shape}), got {x.dtype} {x.shape}")
     if y.shape != (x.shape[0],):
         raise DataError(f"{path}: y must have shape ({x.shape[0]},), got {y.shape}")
+
+
+def _check_labels(y: np.ndarray, n_classes: int, source: Path | str) -> None:
+    # Checked before any use: a float label would be truncated, an out-of-range one mislabel.
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{source}: labels must be integers, got {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise DataError(f"{source}: labels must lie in 0..{n_classes - 1}")
 
 
 def _keras_fallback(name: str, path: Path):
@@ -81,12 +97,14 @@ def load_mnist(data_dir: Path) -> Dataset:
     path = Path(data_dir) / "mnist-train.npz"
     if path.exists():
         d = _read_npz(path, ("x", "y"))
-        x, y = d["x"], d["y"]
+        x, y, source = d["x"], d["y"], str(path)
     else:
         (x, y), _ = _keras_fallback("mnist", path)
-    _check(x, y, (28, 28), path)
+        source = "keras.datasets.mnist"
+    _check(x, y, (28, 28), source)
+    _check_labels(y, 10, source)
     x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[..., np.newaxis]
-    return Dataset(x=x, y=y.astype(np.int64))
+    return Dataset(x=x, y=y.astype(np.int64), source=source)
 
 
 def load_scenes(data_dir: Path, classes: list[str]) -> Dataset:
@@ -96,15 +114,20 @@ def load_scenes(data_dir: Path, classes: list[str]) -> Dataset:
         d = _read_npz(path, ("x", "y", "classes"))
         x, y, source_classes = d["x"], d["y"], [str(c) for c in d["classes"].tolist()]
         _check(x, y, (32, 32, 3), path)
-        return Dataset(x=x, y=remap_labels(y, source_classes, classes))
+        _check_labels(y, len(source_classes), path)
+        return Dataset(x=x, y=remap_labels(y, source_classes, classes), source=str(path))
     (x, y), _ = _keras_fallback("cifar10", path)
     y = y.reshape(-1)
+    _check_labels(y, 10, "keras.datasets.cifar10")
     lut = np.full(10, -1, dtype=np.int64)
     for i, name in enumerate(classes):
         lut[CIFAR10_IDS[name]] = i
     y = lut[y.astype(np.int64)]
-    keep = y >= 0
-    return Dataset(x=x[keep], y=y[keep])
+    keep = np.sort(
+        np.concatenate([np.flatnonzero(y == i)[:CIFAR_PER_CLASS] for i in range(len(classes))])
+    )
+    source = f"keras.datasets.cifar10, the first {CIFAR_PER_CLASS} images of each class"
+    return Dataset(x=x[keep], y=y[keep], source=source)
 
 
 def stratified_split(
@@ -125,4 +148,4 @@ def training_part(ds: Dataset, val_fraction: float, seed: int) -> Dataset:
     """The training part of the seeded split, as a dataset of its own: a split of it (the tuning
     split) holds out images for choosing hyperparameters, never the validation images."""
     train_idx = np.sort(stratified_split(ds.y, val_fraction, seed)[0])
-    return Dataset(x=ds.x[train_idx], y=ds.y[train_idx])
+    return Dataset(x=ds.x[train_idx], y=ds.y[train_idx], source=ds.source)

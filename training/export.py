@@ -14,6 +14,7 @@ Signatures:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,13 +111,18 @@ def export(
     model: keras.Model,
     recipe: Recipe,
     out_dir: Path,
-    version: int,
+    version: int | None,
     training: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> Path:
-    target = Path(out_dir) / recipe.name / str(version)
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; versions are immutable, pick another")
+    """Write the model as `out_dir/<name>/<version>` and return that path. With `version` None,
+    the version is the next free one when the export is renamed into place, so runs that end
+    side by side each get their own."""
+    model_dir = Path(out_dir) / recipe.name
+    if version is not None and (model_dir / str(version)).exists():
+        raise FileExistsError(
+            f"{model_dir / str(version)} already exists; versions are immutable, pick another"
+        )
     table = layer_table(model)
     features_model = keras.Model(
         model.inputs, {row["name"]: model.get_layer(row["name"]).output for row in table}
@@ -147,14 +153,15 @@ def export(
     )
     # Written beside its final place, then renamed into it: a server scanning the models folder
     # never sees a half-written version (the leading dot and the suffix are not a version name).
-    staging = target.with_name(f".{version}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    # The pid keeps runs side by side out of each other's staging folder.
+    staging = model_dir / f".{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a dead run that had our pid
     archive.write_out(str(staging), verbose=False)
 
     metadata = {
         "format_version": METADATA_FORMAT,
         "name": recipe.name,
-        "version": version,
+        "version": None,  # set just before the rename
         "description": recipe.description,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "classes": recipe.classes,
@@ -171,6 +178,28 @@ def export(
         "evaluation": evaluation,
     }
     (staging / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
-    (staging / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + "\n")
-    staging.rename(target)
-    return target
+    chosen = version if version is not None else next_version(model_dir)
+    while True:
+        metadata["version"] = chosen
+        (staging / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + "\n")
+        target = model_dir / str(chosen)
+        try:
+            _rename_new(staging, target)
+            return target
+        except FileExistsError:
+            if version is not None:
+                raise FileExistsError(
+                    f"{target} was exported by another run meanwhile; this export is in {staging}"
+                ) from None
+            chosen = max(chosen + 1, next_version(model_dir))  # another run took it: the next
+
+
+def _rename_new(source: Path, target: Path) -> None:
+    """Rename a folder to a name that must not exist yet, atomically: rename(2) would replace an
+    empty folder, so the name is first claimed with mkdir (FileExistsError if taken)."""
+    target.mkdir()
+    try:
+        source.rename(target)
+    except OSError:
+        target.rmdir()
+        raise

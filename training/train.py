@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -65,22 +66,27 @@ def elastic_distort(images: tf.Tensor, alpha: float, sigma: float) -> tf.Tensor:
 def _augmenter(recipe: Recipe, seed: int) -> keras.Sequential:
     a = recipe.augment
     steps: list[keras.layers.Layer] = []
+    # One seed per random layer: layers given the same seed make the same draws, so one image
+    # would be flipped, rotated, zoomed and shifted in lockstep.
+    seeds = itertools.count(seed)
     if a.get("elastic_alpha"):
         alpha, sigma = a["elastic_alpha"], a["elastic_sigma"]
         steps.append(
             keras.layers.Lambda(lambda x: elastic_distort(x, alpha, sigma), name="elastic")
         )
     if a.get("flip"):
-        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        steps.append(keras.layers.RandomFlip("horizontal", seed=next(seeds)))
     if a.get("rotation"):
-        steps.append(keras.layers.RandomRotation(a["rotation"], fill_mode="constant", seed=seed))
+        steps.append(
+            keras.layers.RandomRotation(a["rotation"], fill_mode="constant", seed=next(seeds))
+        )
     if a.get("zoom"):
-        steps.append(keras.layers.RandomZoom(a["zoom"], fill_mode="constant", seed=seed))
+        steps.append(keras.layers.RandomZoom(a["zoom"], fill_mode="constant", seed=next(seeds)))
     if a.get("translation"):
         t = a["translation"]
         # Reflect for photos (like pad-and-crop), zeros for digits on a black background.
         fill = "reflect" if recipe.input_shape[-1] == 3 else "constant"
-        steps.append(keras.layers.RandomTranslation(t, t, fill_mode=fill, seed=seed))
+        steps.append(keras.layers.RandomTranslation(t, t, fill_mode=fill, seed=next(seeds)))
     return keras.Sequential(steps, name="augment")
 
 
@@ -110,7 +116,7 @@ def split(
     recipe: Recipe, ds: data.Dataset, seed: int, max_batches: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     train_idx, val_idx = data.stratified_split(ds.y, recipe.val_fraction, seed)
-    if max_batches:  # smoke runs: a few batches end to end
+    if max_batches is not None:  # smoke runs: a few batches end to end
         train_idx = train_idx[: max_batches * recipe.batch_size]
         val_idx = val_idx[: max_batches * recipe.batch_size]
     return train_idx, val_idx
@@ -247,11 +253,16 @@ def train(
 ) -> TrainResult:
     """Train and evaluate on the seeded split; with `tuning_split`, on a split of its training
     part instead, so that hyperparameters are chosen without ever scoring the validation images."""
+    # Checked here as well as in the CLI: 0 would train nothing, or on nothing.
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be 1 or more, got {epochs}")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be 1 or more, got {max_batches}")
     keras.utils.set_random_seed(seed)
     ds = recipe.load(data_dir)
     if tuning_split:
         ds = data.training_part(ds, recipe.val_fraction, seed)
-    epochs = epochs or recipe.epochs
+    epochs = recipe.epochs if epochs is None else epochs
     started = time.monotonic()
     teacher = None
     if recipe.teacher is not None and recipe.teacher_epochs:
@@ -270,6 +281,7 @@ def train(
         evaluation["split"] = "tuning"
     training = {
         "seed": seed,
+        "data_source": ds.source,
         "epochs": epochs,
         "batch_size": recipe.batch_size,
         "learning_rate": recipe.learning_rate,
@@ -279,7 +291,7 @@ def train(
         "ema_momentum": recipe.ema_momentum,
         "optimizer": recipe.optimizer,
         "distilled_from": teacher,
-        "train_samples": int(len(ds.y) - len(y_val)) if not max_batches else None,
+        "train_samples": int(len(ds.y) - len(y_val)) if max_batches is None else None,
         "validation_samples": len(y_val),
         "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}"
         + (", of the training part of that split (tuning split)" if tuning_split else ""),
@@ -288,7 +300,7 @@ def train(
         "cpu_count": len(os.sched_getaffinity(0)),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
-        "smoke_run": bool(max_batches),
+        "smoke_run": max_batches is not None,
     }
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return TrainResult(model=model, history=hist, evaluation=evaluation, training=training)
