@@ -29,6 +29,12 @@ _INITIAL_SIZE = 1 << 16  # MmapedDict's: a new file is this size, and doubles as
 _USED = struct.Struct("i")  # bytes in use, at offset 0; entries start at 8
 
 
+def _write_used(buffer: mmap.mmap, used: int) -> None:
+    # One slice store, never struct.pack_into: that zeroes its bytes before packing, and a scrape
+    # reading `used` as 0 then would skip the whole file (mmap_dict.py says the same).
+    buffer[0:4] = _USED.pack(used)
+
+
 class SampleFile:
     """One `<type>_<pid>.db` file: entries of [key length (int32), key (UTF-8, space-padded to
     8-byte alignment), value (double), timestamp (double)], appended, never moved."""
@@ -44,7 +50,7 @@ class SampleFile:
         self.used = _USED.unpack_from(self._mmap, 0)[0]
         if self.used == 0:
             self.used = 8
-            _USED.pack_into(self._mmap, 0, self.used)
+            _write_used(self._mmap, self.used)
         pos = 8
         while pos < self.used:  # a file this process wrote before (a value re-created)
             length = _USED.unpack_from(self._mmap, pos)[0]
@@ -54,10 +60,19 @@ class SampleFile:
             pos += 16
 
     def _map(self, size: int) -> None:
-        self.size = size
-        self._mmap = mmap.mmap(self._file.fileno(), size)
+        mapped = mmap.mmap(self._file.fileno(), size)
+        self._mmap, self.size = mapped, size
         # Values and timestamps are 8-byte aligned: one store each, never torn for a reader.
-        self.doubles = memoryview(self._mmap).cast("d")
+        self.doubles = memoryview(mapped).cast("d")
+
+    def _grow(self, size: int) -> None:
+        """Map the file at `size`; the old mapping goes only once the new one exists, so a
+        failure (a full disk, a file size limit) leaves every value writable as before."""
+        old_mmap, old_doubles = self._mmap, self.doubles
+        self._file.truncate(size)
+        self._map(size)
+        old_doubles.release()  # a mmap cannot close while a view of it is exported
+        old_mmap.close()
 
     def slot(self, key: str) -> int:
         """The index in `doubles` of the key's value (its timestamp is the next one); a new key
@@ -68,17 +83,14 @@ class SampleFile:
         encoded = key.encode("utf-8")
         padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
         entry = struct.pack(f"i{len(padded)}sdd", len(encoded), padded, 0.0, 0.0)
-        if self.used + len(entry) > self.size:  # grow the file, then map it again
+        if self.used + len(entry) > self.size:
             size = self.size
             while self.used + len(entry) > size:
                 size *= 2
-            self.doubles.release()  # the mmap cannot close while a view of it is exported
-            self._mmap.close()
-            self._file.truncate(size)
-            self._map(size)
+            self._grow(size)
         self._mmap[self.used : self.used + len(entry)] = entry
         self.used += len(entry)
-        _USED.pack_into(self._mmap, 0, self.used)
+        _write_used(self._mmap, self.used)
         self.slots[key] = (self.used - 16) // 8
         return self.slots[key]
 
@@ -90,7 +102,10 @@ class SampleFile:
 
 def value_class(directory: str) -> type:
     """A `ValueClass` for prometheus-client writing `directory/<type>_<pid>.db`, as its own
-    `MultiProcessValue` does. The files and the lock belong to the class: make one per process."""
+    `MultiProcessValue` does. The files and the lock belong to the class: make one per process
+    (its fork hook stays registered for the life of the process). After a fork the child opens
+    its own files at once, where prometheus-client waits for its first write; the service's
+    workers fork nothing that records metrics."""
     files: dict[str, SampleFile] = {}
     values: list[Any] = []
     lock = threading.Lock()  # the batching worker writes from several threads

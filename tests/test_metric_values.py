@@ -80,6 +80,29 @@ def test_a_value_continues_from_a_file_this_process_wrote(tmp_path):
     assert first.get() == 5 and other.get() == 1
 
 
+def test_a_file_that_cannot_grow_leaves_every_value_writable(tmp_path, monkeypatch):
+    cls = metric_values.value_class(str(tmp_path))
+    value = cls("counter", "c", "c_total", (), (), "C.")
+    value.inc(1)
+
+    def no_memory(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(metric_values.mmap, "mmap", no_memory)
+        with pytest.raises(OSError, match="Cannot allocate"):
+            for i in range(2000):  # past the file's first 64 KiB
+                cls("counter", "c", "c_total", ("i",), (str(i),), "C.")
+        value.inc(1)  # the old mapping is still there
+    more = [cls("counter", "c", "c_total", ("i",), (str(i),), "C.") for i in range(2000)]
+    more[-1].inc(3)
+    value.inc(1)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(tmp_path))
+    assert registry.get_sample_value("c_total") == 3
+    assert registry.get_sample_value("c_total", {"i": "1999"}) == 3
+
+
 def test_threads_lose_no_increment(tmp_path):
     value = metric_values.value_class(str(tmp_path))("counter", "c", "c_total", (), (), "C.")
 
