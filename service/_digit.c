@@ -173,6 +173,23 @@ free_weights(Weights *w) {
     w->kernel = NULL;
 }
 
+/* Weights kept per module for the size pairs last used: computing them (two sin() calls a tap,
+ * some 500 for a digit) took longer than the resize itself, and a service resizes digits between
+ * few size pairs. Direct-mapped and bounded: at most WEIGHT_SLOTS entries of about 24 bytes an
+ * input pixel each, so some 0.4 MB at the largest sides the service resizes (256). One table per
+ * axis, so the two lookups of one resize never evict each other. The GIL guards them: no
+ * function here releases it. */
+#define WEIGHT_SLOTS 64
+
+typedef struct {
+    int in_size, out_size; /* 0 while empty */
+    Weights weights;
+} WeightSlot;
+
+typedef struct {
+    WeightSlot rows[WEIGHT_SLOTS], cols[WEIGHT_SLOTS];
+} ModuleState;
+
 /* Weights for resampling in_size pixels to out_size (both 1..MAX_SIDE) over the whole image:
  * 0, or -1 with an exception set. */
 static int
@@ -216,6 +233,24 @@ lanczos_weights(int in_size, int out_size, Weights *w) {
     }
     PyMem_Free(weights);
     return 0;
+}
+
+/* The weights for in_size -> out_size from `table`, computed on a miss: owned by the table, valid
+ * until the next lookup in it; NULL with an exception set. */
+static const Weights *
+cached_weights(WeightSlot *table, int in_size, int out_size) {
+    WeightSlot *slot = &table[((unsigned)in_size * 31u + (unsigned)out_size) % WEIGHT_SLOTS];
+    if (slot->in_size != in_size || slot->out_size != out_size) {
+        Weights fresh = {0};
+        if (lanczos_weights(in_size, out_size, &fresh) < 0) {
+            return NULL;
+        }
+        free_weights(&slot->weights);
+        slot->weights = fresh;
+        slot->in_size = in_size;
+        slot->out_size = out_size;
+    }
+    return &slot->weights;
 }
 
 /* The 8-bit result of a fixed-point sum: its integer part, clipped to 0..255. */
@@ -269,49 +304,48 @@ resample_columns(const uint8_t *src, int width, int row0, const Weights *rows, u
  * the height shrinks by more than twice what the width does, else horizontal first (over only the
  * rows the vertical pass reads). A side that keeps its size is not resampled. */
 static int
-resize(const uint8_t *src, int width, int height, uint8_t *dst, int out_width, int out_height) {
+resize(ModuleState *state, const uint8_t *src, int width, int height, uint8_t *dst, int out_width,
+       int out_height) {
     const int horizontal = out_width != width, vertical = out_height != height;
     const int vertical_first =
         height - out_height > 0 && height - out_height > (width - out_width) * 2;
-    Weights rows = {0}, cols = {0};
+    const Weights *rows = NULL, *cols = NULL;
     uint8_t *middle = NULL;
     int status = -1;
     if (!vertical && !horizontal) {
         memcpy(dst, src, (size_t)width * height);
         return 0;
     }
-    if ((vertical && lanczos_weights(height, out_height, &rows) < 0) ||
-        (horizontal && lanczos_weights(width, out_width, &cols) < 0)) {
+    if ((vertical && (rows = cached_weights(state->rows, height, out_height)) == NULL) ||
+        (horizontal && (cols = cached_weights(state->cols, width, out_width)) == NULL)) {
         goto done;
     }
     if (!vertical) {
-        resample_rows(src, width, 0, height, &cols, dst, out_width);
+        resample_rows(src, width, 0, height, cols, dst, out_width);
     } else if (!horizontal) {
-        resample_columns(src, width, 0, &rows, dst, out_height);
+        resample_columns(src, width, 0, rows, dst, out_height);
     } else if (vertical_first) {
         middle = PyMem_Malloc((size_t)width * out_height);
         if (middle == NULL) {
             PyErr_NoMemory();
             goto done;
         }
-        resample_columns(src, width, 0, &rows, middle, out_height);
-        resample_rows(middle, width, 0, out_height, &cols, dst, out_width);
+        resample_columns(src, width, 0, rows, middle, out_height);
+        resample_rows(middle, width, 0, out_height, cols, dst, out_width);
     } else {
-        const int row_first = rows.first[0];
-        const int row_end = rows.first[out_height - 1] + rows.count[out_height - 1];
+        const int row_first = rows->first[0];
+        const int row_end = rows->first[out_height - 1] + rows->count[out_height - 1];
         middle = PyMem_Malloc((size_t)out_width * (row_end - row_first));
         if (middle == NULL) {
             PyErr_NoMemory();
             goto done;
         }
-        resample_rows(src, width, row_first, row_end - row_first, &cols, middle, out_width);
-        resample_columns(middle, out_width, row_first, &rows, dst, out_height);
+        resample_rows(src, width, row_first, row_end - row_first, cols, middle, out_width);
+        resample_columns(middle, out_width, row_first, rows, dst, out_height);
     }
     status = 0;
 
 done:
-    free_weights(&rows);
-    free_weights(&cols);
     PyMem_Free(middle);
     return status;
 }
@@ -398,7 +432,7 @@ PyDoc_STRVAR(
 );
 
 static PyObject *
-resize_lanczos(PyObject *Py_UNUSED(module), PyObject *args) {
+resize_lanczos(PyObject *module, PyObject *args) {
     Py_buffer pixels;
     int width, height, out_width, out_height;
     if (!PyArg_ParseTuple(
@@ -425,8 +459,8 @@ resize_lanczos(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)out_width * out_height);
     if (result != NULL &&
-        resize(pixels.buf, width, height, (uint8_t *)PyBytes_AS_STRING(result), out_width,
-               out_height) < 0) {
+        resize(PyModule_GetState(module), pixels.buf, width, height,
+               (uint8_t *)PyBytes_AS_STRING(result), out_width, out_height) < 0) {
         Py_CLEAR(result);
     }
 
@@ -507,7 +541,7 @@ PyDoc_STRVAR(
 );
 
 static PyObject *
-normalize_digit(PyObject *Py_UNUSED(module), PyObject *args) {
+normalize_digit(PyObject *module, PyObject *args) {
     Py_buffer pixels;
     int width, height, box_size, canvas_size, out_width, out_height;
     PyObject *scale_arg = Py_None;
@@ -586,7 +620,8 @@ normalize_digit(PyObject *Py_UNUSED(module), PyObject *args) {
         Py_CLEAR(result);
         goto done;
     }
-    if (resize(box.pixels, box.width, box.height, scaled, new_width, new_height) < 0) {
+    if (resize(PyModule_GetState(module), box.pixels, box.width, box.height, scaled, new_width,
+               new_height) < 0) {
         Py_CLEAR(result);
         goto done;
     }
@@ -623,13 +658,26 @@ static PyModuleDef_Slot slots[] = {
     {0, NULL},
 };
 
+static void
+free_module(void *module) {
+    ModuleState *state = PyModule_GetState((PyObject *)module);
+    if (state == NULL) {
+        return;
+    }
+    for (int i = 0; i < WEIGHT_SLOTS; i++) {
+        free_weights(&state->rows[i].weights);
+        free_weights(&state->cols[i].weights);
+    }
+}
+
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "service._digit",
     .m_doc = "MNIST-style digit normalisation in C; see service/images.py.",
-    .m_size = 0,
+    .m_size = sizeof(ModuleState), /* zeroed by Python: every slot empty */
     .m_methods = methods,
     .m_slots = slots,
+    .m_free = free_module,
 };
 
 PyMODINIT_FUNC

@@ -144,6 +144,17 @@ def test_resize_matches_pillow_on_every_kind_of_shape_change():
 
 
 @needs_c
+def test_resize_gives_the_same_bytes_with_remembered_weights():
+    # The C keeps the weights of recent size pairs in a small table: pairs met again after
+    # hundreds of others have evicted them, and a pair right after itself, still resize as Pillow.
+    rng = np.random.default_rng(20261207)
+    pairs = [tuple(int(v) for v in rng.integers(1, 90, 4)) for _ in range(300)]
+    for w, h, nw, nh in pairs + pairs[::-1] + [pairs[0]] * 3:
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8).tobytes()
+        assert _digit.resize_lanczos(a, w, h, nw, nh) == pillow_lanczos(a, w, h, nw, nh)
+
+
+@needs_c
 @settings(max_examples=300, deadline=None)
 @given(size=st.tuples(*[st.integers(1, 48)] * 4), data=st.data())
 def test_resize_matches_pillow_on_arbitrary_pixels(size, data):
