@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import time
 
-from flask import Flask, g, request
+from flask import Flask, Request, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service.metrics import Metrics
 from service.registry import find_versions
 
 
-def _route(app: Flask) -> tuple[str, dict]:
+def _route(app: Flask, req: Request) -> tuple[str, dict]:
     """The matched rule and its arguments; for a wrong method on a route (405), that route."""
-    if request.url_rule is not None:
-        return request.url_rule.rule, request.view_args or {}
-    exc = request.routing_exception
+    if req.url_rule is not None:
+        return req.url_rule.rule, req.view_args or {}
+    exc = req.routing_exception
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         try:
-            rule, args = app.url_map.bind_to_environ(request.environ).match(
+            rule, args = app.url_map.bind_to_environ(req.environ).match(
                 method=next(iter(exc.valid_methods)), return_rule=True
             )
             return rule.rule, args
@@ -45,14 +45,22 @@ def queued_seconds(header: str | None, now: float) -> float | None:
     return max(waited, 0.0) if -1.0 < waited < 3600.0 else None
 
 
-def _labels(app: Flask, on_disk: frozenset[str]) -> tuple[str, str]:
+def _labels(app: Flask, req: Request, on_disk: frozenset[str]) -> tuple[str, str]:
     # The route's rule, never the raw path, and only model names we serve: a random URL or an
     # unknown model name creates no new series.
-    endpoint, args = _route(app)
+    endpoint, args = _route(app, req)
     model = args.get("model", "")
     if model and model not in on_disk and model not in app.extensions["convnet"].registry.models:
         model = "unknown"
     return endpoint, model
+
+
+# Where the hooks keep a request's start and whether it counts in flight: WSGI environ keys, as
+# middleware keeps per-request state, read through the request object itself. Each attribute
+# read through Flask's `request` or `g` proxy costs a context lookup (about 0.7 us): the hooks
+# read some ten, on every request.
+STARTED = "convnet.started"
+IN_FLIGHT = "convnet.in_flight"
 
 
 def init_app(app: Flask, metrics: Metrics) -> None:
@@ -62,29 +70,33 @@ def init_app(app: Flask, metrics: Metrics) -> None:
 
     @app.before_request
     def _start() -> None:
-        g.started = time.perf_counter()
+        req = request._get_current_object()
+        environ = req.environ
+        environ[STARTED] = time.perf_counter()
         # With sync workers a request waits in the listen queue, where nothing in the app sees it.
-        waited = queued_seconds(request.headers.get("X-Request-Start"), time.time())
+        waited = queued_seconds(environ.get("HTTP_X_REQUEST_START"), time.time())
         if waited is not None:
             metrics.queue.observe(waited)
         # A scrape is not traffic: counting it would make in-flight read 1 on every idle scrape.
-        if request.url_rule is None or request.url_rule.rule != "/metrics":
+        if req.url_rule is None or req.url_rule.rule != "/metrics":
             metrics.in_flight.inc()
-            g.in_flight = True
+            environ[IN_FLIGHT] = True
 
     @app.after_request
     def _record(response):
-        endpoint, model = _labels(app, on_disk)
+        req = request._get_current_object()
+        endpoint, model = _labels(app, req, on_disk)
         if endpoint != "/metrics":
-            elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+            elapsed = time.perf_counter() - req.environ.get(STARTED, time.perf_counter())
             status = str(response.status_code)
             metrics.child(metrics.requests, endpoint, model, status).inc()
             metrics.child(metrics.latency, endpoint, model, status).observe(elapsed)
-            if request.content_length:
-                metrics.child(metrics.body_bytes, endpoint).observe(request.content_length)
+            body_bytes = req.content_length
+            if body_bytes:
+                metrics.child(metrics.body_bytes, endpoint).observe(body_bytes)
         return response
 
     @app.teardown_request
     def _finish(exc) -> None:
-        if g.pop("in_flight", False):
+        if request.environ.pop(IN_FLIGHT, False):
             metrics.in_flight.dec()

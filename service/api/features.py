@@ -10,7 +10,9 @@ bp = Blueprint("features", __name__)
 
 def _one_image(endpoint: str, model):
     s = state()
-    payloads = codecs.images_from_request(request, max_images=1)  # 413 for more, 400 for none
+    # The request itself, not Flask's proxy, whose every attribute read is a context lookup.
+    req = request._get_current_object()
+    payloads = codecs.images_from_request(req, max_images=1)  # 413 for more, 400 for none
     s.metrics.child(s.metrics.images, endpoint, model.name).observe(1)
     return inference.prepare(model, payloads, s.limits, s.metrics)
 

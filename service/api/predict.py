@@ -12,6 +12,7 @@ bp = Blueprint("predict", __name__)
 def predict(model: str):
     m = get_model(model)
     s = state()
-    payloads = codecs.images_from_request(request, s.settings.max_batch)
+    # The request itself, not Flask's proxy, whose every attribute read is a context lookup.
+    payloads = codecs.images_from_request(request._get_current_object(), s.settings.max_batch)
     s.metrics.child(s.metrics.images, "/predict/<model>", m.name).observe(len(payloads))
     return jsonify(inference.predict(m, payloads, s.limits, s.metrics))
