@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +79,10 @@ class Limits:
     # All the images of one request together, as decoded (a JPEG at its DCT-scaled size): 64
     # images of 40 MP would hold a worker for minutes, past Gunicorn's timeout.
     max_request_pixels: int = 100_000_000
+
+
+def fits(width: int, height: int, limits: Limits) -> bool:
+    return width * height <= limits.max_pixels and max(width, height) <= limits.max_side
 
 
 class PixelBudget:
@@ -420,24 +426,37 @@ except ImportError:  # a compiler-less install: the same answers, slower
     normalize_digit = normalize_digit_python
 
 
+# The largest side a digit is normalised at: a 12 MP photo of a digit needs no more for a 20 px box.
+DIGIT_WORK_SIDE = 256
+
+
 def mnist_digit(
     img: Image.Image, height: int, width: int, digit: dict[str, Any], scale: float
 ) -> np.ndarray:
     """A greyscale image of a digit -> (height, width) float32 array of its bytes times `scale`,
-    MNIST style.
-
-    normalize_digit is service/_digit.c's where it was built, else the reference above;
-    tests/test_digit_kernel.py holds them to the same bytes. It scales to floats itself: a numpy
-    pass over the pixels costs more than the C loop under load (README, Performance).
-    """
-    # Work at a bounded size: a 12 MP photo of a digit needs no more than ~256 px for a 20 px box.
-    if max(img.size) > 256:
+    MNIST style."""
+    if max(img.size) > DIGIT_WORK_SIDE:
         img = img.copy()
-        img.thumbnail((256, 256), Image.Resampling.BOX)
+        img.thumbnail((DIGIT_WORK_SIDE, DIGIT_WORK_SIDE), Image.Resampling.BOX)
+    return _digit_floats(img.tobytes(), img.width, img.height, height, width, digit, scale)
+
+
+def _digit_floats(
+    pixels: bytes,
+    pixels_width: int,
+    pixels_height: int,
+    height: int,
+    width: int,
+    digit: dict[str, Any],
+    scale: float,
+) -> np.ndarray:
+    """normalize_digit is service/_digit.c's where it was built, else the reference above;
+    tests/test_digit_kernel.py holds them to the same bytes. It scales to floats itself: a numpy
+    pass over the pixels costs more than the C loop under load (README, Performance)."""
     placed = normalize_digit(
-        img.tobytes(),
-        img.width,
-        img.height,
+        pixels,
+        pixels_width,
+        pixels_height,
         digit["box_size"],
         digit["canvas_size"],
         width,
@@ -445,6 +464,70 @@ def mnist_digit(
         scale,
     )
     return np.frombuffer(placed, np.float32).reshape(height, width)
+
+
+try:  # built by pip install with service._digit
+    from service._digit import unfilter_png
+except ImportError:  # a compiler-less install: every PNG through Pillow
+    unfilter_png = None
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR's bit depth, colour type, compression, filter method and interlace: 8-bit greyscale,
+# deflate, adaptive filtering, not interlaced.
+_PLAIN_GREY = (8, 0, 0, 0, 0)
+
+
+def grey_png(data: bytes, max_side: int) -> tuple[int, int, bytes] | None:
+    """(width, height, pixels) of a PNG Pillow would decode to exactly these bytes, with nothing
+    left for preprocess to apply; None for every other image, which takes the general route.
+
+    The commonest digit upload, an MNIST image as Pillow, OpenCV or numpy tools write it, is an
+    8-bit greyscale PNG of a few hundred bytes, where Pillow's Python (opening, parsing chunks,
+    setting up its decoder, tobytes) costs more than the pixels (README, Performance). Taken only
+    for such a PNG, not interlaced, at most max_side a side, with no chunk but IHDR, IDAT and IEND
+    (so no transparency, and no EXIF or XMP orientation), every CRC good, and a zlib stream of
+    exactly its scanlines. Anything else, a broken file included, goes to Pillow, which then
+    decides: the pixels and the errors are Pillow's either way (tests/test_images.py).
+    """
+    if unfilter_png is None or not data.startswith(PNG_SIGNATURE) or "PNG" not in ALLOWED_FORMATS:
+        return None
+    pos, size, idat = len(PNG_SIGNATURE), None, []
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            return None
+        body = data[pos + 8 : end - 4]
+        if zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(data[end - 4 : end], "big"):
+            return None
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                return None
+            width, height, *layout = struct.unpack(">IIBBBBB", body)
+            if tuple(layout) != _PLAIN_GREY or not (
+                0 < width <= max_side and 0 < height <= max_side
+            ):
+                return None
+            size = width, height
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND" and idat and end == len(data):
+            expected = height * (width + 1)  # a filter-type byte before each line
+            inflate = zlib.decompressobj()
+            try:  # at most one byte more than expected: a longer stream is not inflated further
+                scanlines = inflate.decompress(b"".join(idat), expected + 1)
+            except zlib.error:
+                return None
+            if len(scanlines) != expected or not inflate.eof or inflate.unused_data:
+                return None
+            try:
+                return width, height, unfilter_png(scanlines, width, height)
+            except ValueError:  # a filter type PNG does not define
+                return None
+        else:
+            return None
+        pos = end
+    return None
 
 
 def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
@@ -470,9 +553,13 @@ def preprocess(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
         )
     else:
         raise ValueError(f"unknown resize policy {spec['resize']!r} in the model's metadata")
+    return _with_offset(out, spec)
+
+
+def _with_offset(out: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     if spec["offset"]:  # x + 0.0 is x: the models here have no offset (and out may be read-only)
         out = out + np.float32(spec["offset"])
-    return out.reshape(h, w, -1)
+    return out.reshape(spec["height"], spec["width"], -1)
 
 
 # How much larger than the model's input a JPEG is decoded (DCT scaling, see decode). For a centre
@@ -485,5 +572,16 @@ def load(
     data: bytes, spec: dict[str, Any], limits: Limits, budget: PixelBudget | None = None
 ) -> np.ndarray:
     """Decode and preprocess one image for a model: bytes -> float32 (H, W, C)."""
+    if spec["resize"] == "mnist_digit" and spec["color_mode"] == "grayscale":
+        found = grey_png(data, DIGIT_WORK_SIDE)
+        # Past the limits (set that low), decode refuses it with its reasons.
+        if found is not None and fits(found[0], found[1], limits):
+            width, height, pixels = found
+            if budget is not None:
+                budget.spend(width * height)
+            digit = _digit_floats(
+                pixels, width, height, spec["height"], spec["width"], spec["digit"], spec["scale"]
+            )
+            return _with_offset(digit, spec)
     draft = DRAFT_FACTOR.get(spec["resize"], 8) * max(spec["height"], spec["width"])
     return preprocess(decode(data, limits, draft_size=draft, budget=budget), spec)

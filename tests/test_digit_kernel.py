@@ -278,7 +278,7 @@ def test_real_mnist_digits_match_as_stored_and_as_drawn_on_paper(monkeypatch):
 # the C steps make on random sizes, tones and bad arguments is checked, and any mismatch with the
 # reference fails too. (A one-byte overread made as a test of this test was reported at once.)
 ASAN_DRIVER = """
-import importlib.util, sys
+import importlib.util, sys, zlib
 import numpy as np
 from service import images
 spec = importlib.util.spec_from_file_location("service._digit", sys.argv[1])
@@ -303,6 +303,10 @@ for i in range(5000):
     got = kernel.resize_lanczos(a.tobytes(), w, h, nw, nh)
     assert got == images.Image.frombytes("L", (w, h), a.tobytes()).resize(
         (nw, nh), images.Image.Resampling.LANCZOS).tobytes()
+    lines = rng.integers(0, 256, (h, w + 1), dtype=np.uint8)
+    lines[:, 0] = rng.integers(0, 5, h)
+    assert kernel.unfilter_png(lines.tobytes(), w, h) == images.Image.frombytes(
+        "L", (w, h), zlib.compress(lines.tobytes()), "zip", "L").tobytes()
 for call, args in [
     (kernel.find_ink, (b"\\0" * 3, 2, 2)), (kernel.find_ink, (b"", 1, 1)),
     (kernel.place_digit, (bytes(60), 30, 2, 28, 32, 32)),
@@ -310,6 +314,8 @@ for call, args in [
     (kernel.place_digit, (bytes(3), 2, 2, 28, 32, 32)),
     (kernel.resize_lanczos, (bytes(4), 2, 2, 0, 2)),
     (kernel.resize_lanczos, (bytes(3), 2, 2, 2, 2)),
+    (kernel.unfilter_png, (bytes(5), 2, 2)), (kernel.unfilter_png, (bytes(2), 1, 0)),
+    (kernel.unfilter_png, (b"\\x05\\0\\0" * 2, 2, 2)),
     (kernel.normalize_digit, (bytes(4), 2, 2, 29, 28, 32, 32)),
     (kernel.normalize_digit, (bytes(3), 2, 2, 20, 28, 32, 32)),
 ]:
