@@ -2,7 +2,7 @@
 
     service_without("preprocess"):             decode + preprocess cost nothing
     service_without("preprocess", "metrics"):  ... and no metric is recorded either
-    service_with_python_digit():               the digit normalisation in Python, not in C
+    service_with_python_digit():               no C: the digit normalisation in Python, PNGs by Pillow
 
 Run under the project's Gunicorn config by bench/run.py (targets `service+free-prep`,
 `service+free-prep+no-metrics` and `service+python-digit`). Everything else is the service
@@ -67,7 +67,10 @@ def service_without(*stages: str) -> Flask:
 
 
 def service_with_python_digit() -> Flask:
-    """The service with the Python reference of the digit normalisation instead of its C version."""
+    """The service as a compiler-less install serves it: the Python reference of the digit
+    normalisation instead of its C version, and every PNG through Pillow (no C unfilter)."""
     app = create_app(Settings.from_env(load_in_background=False))
-    images.normalize_digit = images.normalize_digit_python  # mnist_digit looks it up at call time
+    # Both are looked up at call time.
+    images.normalize_digit = images.normalize_digit_python
+    images.unfilter_png = None
     return app

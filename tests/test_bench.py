@@ -165,15 +165,17 @@ def test_the_upper_bounds_answer_what_the_service_answers(app, monkeypatch):
 
 def test_the_python_digit_baseline_serves_the_numpy_reference(app, monkeypatch):
     """`service+python-digit` runs the Python reference where the service runs service/_digit.c,
-    and answers the same."""
+    and Pillow for every PNG, as a compiler-less install does, and answers the same."""
     from bench.ablations import service_with_python_digit
     from service import images
 
     digit = corpus.encode(corpus.digit(7, 90), "PNG")
     want = app.test_client().post("/predict/mnist", data=digit, content_type="image/png")
-    monkeypatch.setattr(images, "normalize_digit", images.normalize_digit)  # put back after
+    for name in ("normalize_digit", "unfilter_png"):  # put back after
+        monkeypatch.setattr(images, name, getattr(images, name))
     baseline = service_with_python_digit()
     assert images.normalize_digit is images.normalize_digit_python
+    assert images.unfilter_png is None
     got = baseline.test_client().post("/predict/mnist", data=digit, content_type="image/png")
     assert got.status_code == want.status_code == 200
     assert got.get_json() == want.get_json()
