@@ -2,7 +2,8 @@
 
 Every input is bytes as a client would upload them; `load` must either return the model input
 (a finite float32 array of the model's shape) or raise one of the service's ApiErrors (answered
-as JSON 4xx). For a digit, the C normalisation's answer must equal the Python reference's.
+as JSON 4xx). For a digit, the answer with the C steps (the normalisation, and the grey PNG
+route's unfilter) must equal the Python reference's through Pillow.
 Anything else (another exception, a mismatch, a hang, runaway memory, a crash in C) is a finding.
 
     # seeds: small valid images of every format + the hostile corpus of tests/hostile_corpus.py
@@ -63,13 +64,14 @@ def check(data: bytes, _state: list = []) -> None:  # noqa: B006 (a lazily set m
         spec["resize"] == "mnist_digit"
         and images.normalize_digit is not images.normalize_digit_python
     ):
-        # The digit normalisation in C (service/_digit.c) agrees with its Python reference.
-        native = images.normalize_digit
-        images.normalize_digit = images.normalize_digit_python
+        # The C (service/_digit.c: the digit normalisation, and the grey PNG route's unfilter)
+        # agrees with the Python reference and Pillow.
+        native = images.normalize_digit, images.unfilter_png
+        images.normalize_digit, images.unfilter_png = images.normalize_digit_python, None
         try:
             reference = images.load(data, spec, limits)
         finally:
-            images.normalize_digit = native
+            images.normalize_digit, images.unfilter_png = native
         assert np.array_equal(arr, reference)
 
 

@@ -487,11 +487,11 @@ def grey_png(data: bytes, max_side: int) -> tuple[int, int, bytes] | None:
     for such a PNG, not interlaced, at most max_side a side, with no chunk but IHDR, IDAT and IEND
     (so no transparency, and no EXIF or XMP orientation), every CRC good, and a zlib stream of
     exactly its scanlines. Anything else, a broken file included, goes to Pillow, which then
-    decides: the pixels and the errors are Pillow's either way (tests/test_images.py).
+    decides: the pixels and the errors are Pillow's either way (tests/test_grey_png.py).
     """
     if unfilter_png is None or not data.startswith(PNG_SIGNATURE) or "PNG" not in ALLOWED_FORMATS:
         return None
-    pos, size, idat = len(PNG_SIGNATURE), None, []
+    pos, width, height, idat = len(PNG_SIGNATURE), 0, 0, []
     while pos + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         end = pos + 12 + length
@@ -500,7 +500,7 @@ def grey_png(data: bytes, max_side: int) -> tuple[int, int, bytes] | None:
         body = data[pos + 8 : end - 4]
         if zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(data[end - 4 : end], "big"):
             return None
-        if size is None:
+        if not width:  # the first chunk, which must be the header
             if kind != b"IHDR" or length != 13:
                 return None
             width, height, *layout = struct.unpack(">IIBBBBB", body)
@@ -508,7 +508,6 @@ def grey_png(data: bytes, max_side: int) -> tuple[int, int, bytes] | None:
                 0 < width <= max_side and 0 < height <= max_side
             ):
                 return None
-            size = width, height
         elif kind == b"IDAT":
             idat.append(body)
         elif kind == b"IEND" and idat and end == len(data):
