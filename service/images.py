@@ -450,7 +450,9 @@ def _digit_floats(
     digit: dict[str, Any],
     scale: float,
 ) -> np.ndarray:
-    """normalize_digit is service/_digit.c's where it was built, else the reference above;
+    """A digit's greyscale pixels -> the (height, width) float32 input, MNIST style.
+
+    normalize_digit is service/_digit.c's where it was built, else the reference above;
     tests/test_digit_kernel.py holds them to the same bytes. It scales to floats itself: a numpy
     pass over the pixels costs more than the C loop under load (README, Performance)."""
     placed = normalize_digit(
