@@ -180,9 +180,9 @@ free_weights(Weights *w) {
 
 /* Weights kept per module for the size pairs last used: computing them (two sin() calls a tap,
  * some 500 for a digit) took longer than the resize itself, and a service resizes digits between
- * few size pairs. Direct-mapped and bounded: at most WEIGHT_SLOTS entries of about 24 bytes an
- * input pixel each, so some 0.4 MB at the largest sides the service resizes (256). One table per
- * axis, so the two lookups of one resize never evict each other. The GIL guards them: no
+ * few size pairs. Direct-mapped and bounded: WEIGHT_SLOTS entries a table, one table per axis (so
+ * the two lookups of one resize never evict each other), some 0.8 MB in all at the sizes the
+ * service resizes (at most 256 px to 20) and under 20 MB at MAX_SIDE. The GIL guards them: no
  * function here releases it. */
 #define WEIGHT_SLOTS 64
 
