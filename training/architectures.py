@@ -83,6 +83,47 @@ def scenes_net(
     return _vgg("scenes_net", (32, 32, 3), widths, num_classes, dropout, softmax=True)
 
 
+def scenes_resnet(
+    num_classes: int = 4,
+    widths: tuple[int, ...] = (32, 64, 128),
+    blocks: tuple[int, ...] = (1, 2, 2),
+) -> keras.Model:
+    """A small ResNet (He et al. 2016): a 3x3 stem, then stages of residual blocks, global average
+    pooling and the class layer `fc` (logits), then `softmax`.
+
+    Block `b<s>_<i>`: conv a, bn a, relu a, conv b, bn b, plus the shortcut (a 1x1 conv and bn
+    where the shape changes), `add`, relu. The first block of every stage after the first halves
+    the resolution: 32x32x32 -> 16x16x64 -> 8x8x128 -> 128 -> 4.
+    """
+    image = keras.Input(shape=(32, 32, 3), name="image")
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="conv1")(image)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    for stage, (width, count) in enumerate(zip(widths, blocks, strict=True), start=1):
+        for i in range(1, count + 1):
+            b = f"b{stage}_{i}"
+            stride = 2 if stage > 1 and i == 1 else 1
+            shortcut = x
+            y = layers.Conv2D(
+                width, 3, strides=stride, padding="same", use_bias=False, name=f"{b}_conv_a"
+            )(x)
+            y = layers.BatchNormalization(name=f"{b}_bn_a")(y)
+            y = layers.ReLU(name=f"{b}_relu_a")(y)
+            y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{b}_conv_b")(y)
+            y = layers.BatchNormalization(name=f"{b}_bn_b")(y)
+            if stride != 1 or shortcut.shape[-1] != width:
+                shortcut = layers.Conv2D(
+                    width, 1, strides=stride, use_bias=False, name=f"{b}_shortcut_conv"
+                )(shortcut)
+                shortcut = layers.BatchNormalization(name=f"{b}_shortcut_bn")(shortcut)
+            x = layers.Add(name=f"{b}_add")([y, shortcut])
+            x = layers.ReLU(name=f"{b}_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(num_classes, name="fc")(x)  # logits
+    probabilities = layers.Softmax(name="softmax")(x)
+    return keras.Model(image, probabilities, name="scenes_resnet")
+
+
 def mnist_teacher(num_classes: int = 10) -> keras.Model:
     """A wider ConvNet that only teaches LeNet in training (knowledge distillation); never exported.
 

@@ -89,6 +89,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="smoke run: train on this many batches per epoch only",
     )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="also save the trained model and its figures in this folder (model.keras, "
+        "result.json), so that it can be exported again with --from-checkpoint",
+    )
+    p.add_argument(
+        "--from-checkpoint",
+        type=Path,
+        default=None,
+        help="skip training: export the model a --checkpoint run saved in this folder",
+    )
     args = p.parse_args(argv)
     if args.out is None:
         if args.max_batches is not None or args.tuning_split:
@@ -101,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    from training import export, report
+    from training import checkpoint, export, report
     from training.data import DataError
     from training.recipes import RECIPES
     from training.train import train
@@ -117,12 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        result = train(
-            recipe, args.data_dir, args.seed, args.epochs, args.max_batches, args.tuning_split
-        )
-    except DataError as exc:
+        if args.from_checkpoint is not None:
+            result = checkpoint.load(args.from_checkpoint)
+        else:
+            result = train(
+                recipe, args.data_dir, args.seed, args.epochs, args.max_batches, args.tuning_split
+            )
+    except (DataError, checkpoint.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.checkpoint is not None:
+        checkpoint.save(result, args.checkpoint)
+        print(f"checkpoint saved to {args.checkpoint}", flush=True)
     try:
         target = export.export(
             result.model, recipe, args.out, args.version, result.training, result.evaluation

@@ -63,6 +63,19 @@ def elastic_distort(images: tf.Tensor, alpha: float, sigma: float) -> tf.Tensor:
     return top * (1 - wy) + bottom * wy
 
 
+def cutout(images: tf.Tensor, size: int) -> tf.Tensor:
+    """DeVries & Taylor (2017): one `size` x `size` square per image, at a uniformly random centre
+    (partly outside the image near the edges), set to mid-grey."""
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    cy = tf.random.uniform(tf.stack([b, 1, 1]), 0, h, tf.int32)
+    cx = tf.random.uniform(tf.stack([b, 1, 1]), 0, w, tf.int32)
+    ys = tf.range(h)[None, :, None]
+    xs = tf.range(w)[None, None, :]
+    inside = (tf.abs(ys - cy) * 2 < size) & (tf.abs(xs - cx) * 2 < size)
+    return tf.where(inside[..., None], tf.constant(0.5, images.dtype), images)
+
+
 def _augmenter(recipe: Recipe, seed: int) -> keras.Sequential:
     a = recipe.augment
     steps: list[keras.layers.Layer] = []
@@ -87,6 +100,9 @@ def _augmenter(recipe: Recipe, seed: int) -> keras.Sequential:
         # Reflect for photos (like pad-and-crop), zeros for digits on a black background.
         fill = "reflect" if recipe.input_shape[-1] == 3 else "constant"
         steps.append(keras.layers.RandomTranslation(t, t, fill_mode=fill, seed=next(seeds)))
+    if a.get("cutout"):
+        size = int(a["cutout"])
+        steps.append(keras.layers.Lambda(lambda x: cutout(x, size), name="cutout"))
     return keras.Sequential(steps, name="augment")
 
 
@@ -133,6 +149,8 @@ def make_datasets(
     model is fitted to; the returned y_val is always the labels."""
     train_idx, val_idx = split(recipe, ds, seed, max_batches)
     fit_to = ds.y if targets is None else targets
+    if targets is None and recipe.label_smoothing:  # smoothing needs one-hot targets
+        fit_to = np.eye(len(recipe.classes), dtype=np.float32)[ds.y]
     x_val = _scale(ds.x[val_idx], recipe).numpy()
     y_val = ds.y[val_idx]
     augment = _augment_fn(recipe, seed)
@@ -175,8 +193,14 @@ def label_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 def _fit(
     model: keras.Model, recipe: Recipe, train_ds, val_ds, epochs: int, loss, metric
 ) -> keras.callbacks.History:
-    steps = max(1, int(train_ds.cardinality().numpy())) * epochs
-    schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, decay_steps=steps)
+    per_epoch = max(1, int(train_ds.cardinality().numpy()))
+    warmup = min(recipe.warmup_epochs, epochs - 1) * per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else recipe.learning_rate,
+        decay_steps=per_epoch * epochs - warmup,
+        warmup_target=recipe.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
     model.compile(optimizer=_optimizer(recipe, schedule), loss=loss, metrics=[metric])
     # A live progress bar on a terminal; one line per epoch in a log file.
     return model.fit(
@@ -270,6 +294,9 @@ def train(
         targets = np.concatenate([ds.y[:, None].astype(np.float32), logits], axis=1)
         loss = distillation_loss(recipe.distill_alpha, recipe.distill_temperature)
         metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
+    elif recipe.label_smoothing:
+        targets, metric = None, keras.metrics.CategoricalAccuracy(name="accuracy")
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
     else:
         targets, loss, metric = None, "sparse_categorical_crossentropy", "accuracy"
     train_ds, val_ds, x_val, y_val = make_datasets(recipe, ds, seed, max_batches, targets)
@@ -290,6 +317,8 @@ def train(
         "augmentation": recipe.augment,
         "ema_momentum": recipe.ema_momentum,
         "optimizer": recipe.optimizer,
+        "warmup_epochs": recipe.warmup_epochs,
+        "label_smoothing": recipe.label_smoothing,
         "distilled_from": teacher,
         "train_samples": int(len(ds.y) - len(y_val)) if max_batches is None else None,
         "validation_samples": len(y_val),
