@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# What the batched function returns: an array, or a dict of arrays, one row per image in each.
+Output = np.ndarray | dict[str, np.ndarray]
+
 
 def _held_lock() -> threading.Lock:
     lock = threading.Lock()
@@ -35,14 +38,14 @@ class _Job:
     # Released by the batching thread once result or error is set. A held lock signals once at
     # half an Event's cost (an Event's wait builds a Condition's waiter lock each time).
     done: threading.Lock = field(default_factory=_held_lock)
-    result: np.ndarray | None = None
+    result: Output | None = None
     error: BaseException | None = None
 
 
 class Batcher:
     def __init__(
         self,
-        fn: Callable[[np.ndarray], np.ndarray],
+        fn: Callable[[np.ndarray], Output],
         max_batch_size: int,
         max_wait: float = 0.0,
         on_call: Callable[[int, float], None] | None = None,
@@ -56,10 +59,10 @@ class Batcher:
         self._carried: _Job | None = None  # did not fit the last batch: first in the next
         threading.Thread(target=self._loop, name=name, daemon=True).start()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray) -> Output:
         return self.run(lambda: x, len(x))
 
-    def run(self, make: Callable[[], np.ndarray], size: int) -> np.ndarray:
+    def run(self, make: Callable[[], np.ndarray], size: int) -> Output:
         """fn's output for the `size` rows that `make()` returns, made and computed in the
         batching thread together with other callers' rows; what `make` raises is raised here."""
         job = _Job(make, size)
@@ -107,7 +110,10 @@ class Batcher:
                     self._on_call(len(x), time.perf_counter() - started)
                 offset = 0
                 for job in jobs:
-                    job.result = out[offset : offset + len(job.x)]
+                    rows = slice(offset, offset + len(job.x))
+                    job.result = (
+                        {k: v[rows] for k, v in out.items()} if isinstance(out, dict) else out[rows]
+                    )
                     offset += len(job.x)
             except BaseException as exc:  # every waiting request gets the error, none hangs
                 for job in jobs:

@@ -33,6 +33,16 @@ def read_metadata(model_path: Path) -> dict[str, Any]:
     return json.loads((Path(model_path) / METADATA_PATH).read_text())
 
 
+def prediction_outputs(metadata: dict[str, Any]) -> dict[str, str]:
+    """What the predict signature returns, {key: output name}: "probabilities", and "distance"
+    (the feature distance the `uncertain` flag uses) where the export has it."""
+    sig = metadata["signatures"]["predict"]
+    outputs = {"probabilities": sig["output"]}
+    if "distance" in sig:
+        outputs["distance"] = sig["distance"]
+    return outputs
+
+
 class TensorFlowEngine:
     """The SavedModel's own signatures, through TensorFlow (imported on first use)."""
 
@@ -42,14 +52,15 @@ class TensorFlowEngine:
         self._tf = tf
         self._loaded = tf.saved_model.load(str(model_path))  # keeps the signatures' resources alive
         sigs = metadata["signatures"]
-        self._output = sigs["predict"]["output"]
+        self._outputs = prediction_outputs(metadata)
         self._predict = self._loaded.signatures[sigs["predict"]["name"]]
         self._features = self._loaded.signatures[sigs["features"]["name"]]
         gradcam = sigs.get("gradcam", {}).get("name")
         self._gradcam = self._loaded.signatures.get(gradcam) if gradcam else None
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._predict(image=self._tf.constant(batch))[self._output].numpy()
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._predict(image=self._tf.constant(batch))
+        return {key: out[name].numpy() for key, name in self._outputs.items()}
 
     def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self._features(image=self._tf.constant(batch)).items()}
@@ -73,7 +84,7 @@ class LiteRTEngine:
         from ai_edge_litert.interpreter import Interpreter
 
         sigs = metadata["signatures"]
-        self._output = sigs["predict"]["output"]
+        self._outputs = prediction_outputs(metadata)
         # An interpreter is not thread-safe: one per signature, each behind a lock.
         self._runners = {}
         for key in ("predict", "features"):
@@ -88,8 +99,9 @@ class LiteRTEngine:
         with lock:
             return runner(image=np.ascontiguousarray(batch, dtype=np.float32))
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._run("predict", batch)[self._output]
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._run("predict", batch)
+        return {key: out[name] for key, name in self._outputs.items()}
 
     def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self._run("features", batch)

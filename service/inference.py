@@ -37,15 +37,24 @@ def _timed(metrics: Metrics, model: Model, signature: str, batch: np.ndarray, ca
     return out
 
 
-def describe(model: Model, probabilities: np.ndarray, metrics: Metrics | None) -> list[dict]:
-    """Softmax rows -> prediction bodies, counted by class and confidence unless `metrics` is
-    None."""
+def describe(model: Model, outputs: dict[str, np.ndarray], metrics: Metrics | None) -> list[dict]:
+    """The model's outputs -> prediction bodies, counted by class and confidence unless
+    `metrics` is None. `uncertain` follows the export's rule (training/calibration.py): a
+    confidence below its threshold, or an embedding too far from every class; None where the
+    version was exported without a rule."""
     out = []
+    rule = model.uncertainty
+    distances = outputs["distance"].tolist() if rule and "distance" in outputs else None
     # tolist(): Python floats in one call, not one float() per class; the top class from the
     # list (the first of equal maxima, as argmax), without one more numpy call per row.
-    for values in probabilities.tolist():
+    for i, values in enumerate(outputs["probabilities"].tolist()):
         top = values.index(max(values))
         label = model.classes[top]
+        uncertain = None
+        if rule is not None:
+            uncertain = values[top] < rule["min_confidence"] or (
+                distances is not None and distances[i] > rule["max_distance"]
+            )
         if metrics is not None:
             metrics.child(metrics.predictions, model.name, label).inc()
             metrics.child(metrics.confidence, model.name).observe(values[top])
@@ -53,6 +62,7 @@ def describe(model: Model, probabilities: np.ndarray, metrics: Metrics | None) -
             {
                 "label": label,
                 "confidence": values[top],
+                "uncertain": uncertain,
                 "probabilities": dict(zip(model.classes, values, strict=True)),
             }
         )
@@ -63,16 +73,16 @@ def predict(model: Model, payloads: list[bytes], limits: images.Limits, metrics:
     """Decode, preprocess and predict every image: the /predict response body."""
     if model.batcher is None:
         batch = prepare(model, payloads, limits, metrics)
-        probs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
+        outputs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
     else:
         # The batching thread decodes and preprocesses too, then records each shared model call.
-        probs = model.batcher.run(
+        outputs = model.batcher.run(
             lambda: prepare(model, payloads, limits, metrics), size=len(payloads)
         )
     return {
         "model": model.name,
         "version": str(model.version),
-        "predictions": describe(model, probs, metrics),
+        "predictions": describe(model, outputs, metrics),
     }
 
 
@@ -97,11 +107,13 @@ def features(
     if encoding not in codecs.ENCODINGS:
         raise BadRequest(f"unknown encoding {encoding!r}; use one of {', '.join(codecs.ENCODINGS)}")
     acts = _timed(metrics, model, "features", batch, lambda: model.features(batch))
-    softmax = acts[model.layers[-1]["name"]]
+    outputs = {"probabilities": acts[model.layers[-1]["name"]]}
+    if "distance" in acts:
+        outputs["distance"] = acts["distance"]
     return {
         "model": model.name,
         "version": str(model.version),
-        "prediction": describe(model, softmax, metrics)[0],
+        "prediction": describe(model, outputs, metrics)[0],
         "input": codecs.encode_array(batch[0], encoding),
         "layers": [
             {
@@ -125,10 +137,10 @@ def gradcam(
         raise BadRequest(f"unknown class {class_name!r}; classes: {model.classes}")
     # The engine itself, not model.predict: with batching on, the batcher would record this call
     # a second time, and one image has nothing to share a call with.
-    probs = _timed(metrics, model, "predict", batch, lambda: model.engine.predict(batch))
+    outputs = _timed(metrics, model, "predict", batch, lambda: model.engine.predict(batch))
     # Not counted as a prediction: the explorer sends each image to /features and /gradcam, and
     # the class and confidence panels would count it twice.
-    prediction = describe(model, probs, None)[0]
+    prediction = describe(model, outputs, None)[0]
     class_name = class_name or prediction["label"]
     index = np.array([model.classes.index(class_name)], np.int32)
     heatmap = _timed(metrics, model, "gradcam", batch, lambda: model.gradcam(batch, index))

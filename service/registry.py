@@ -57,8 +57,15 @@ class Model:
     def has_gradcam(self) -> bool:
         return "gradcam" in self.metadata["signatures"]
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, (N, classes), for a float32 batch (N, H, W, C)."""
+    @property
+    def uncertainty(self) -> dict[str, Any] | None:
+        """The export's `uncertain` rule (training/calibration.py); None for versions exported
+        before it existed."""
+        return self.metadata.get("uncertainty")
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """For a float32 batch (N, H, W, C): "probabilities" (N, classes), calibrated, and
+        "distance" (N,), the feature distance of the `uncertain` rule, where exported."""
         return self.batcher(batch) if self.batcher else self.engine.predict(batch)
 
     def enable_batching(
@@ -69,9 +76,14 @@ class Model:
         )
 
     def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every named layer's output for a float32 batch, in the layer table's order."""
+        """Every named layer's output for a float32 batch, in the layer table's order, and the
+        "distance" output where exported."""
         out = self.engine.features(batch)
-        return {row["name"]: out[row["name"]] for row in self.layers}
+        acts = {row["name"]: out[row["name"]] for row in self.layers}
+        distance = self.metadata["signatures"]["features"].get("distance")
+        if distance is not None:
+            acts["distance"] = out[distance]
+        return acts
 
     def gradcam(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
         return self._tensorflow_engine().gradcam(batch, class_index)

@@ -18,7 +18,13 @@ class ImagesRequest(BaseModel):
 
 class Prediction(BaseModel):
     label: str = Field(description="The most probable class.")
-    confidence: float = Field(description="Probability of `label`.")
+    confidence: float = Field(description="Probability of `label` (calibrated).")
+    uncertain: bool | None = Field(
+        description="True when the model does not know: its confidence is below the model's "
+        "`uncertainty.min_confidence`, or the image's features lie farther than "
+        "`uncertainty.max_distance` from every class (an image of none of the classes). Null "
+        "for versions exported without an uncertainty rule."
+    )
     probabilities: dict[str, float] = Field(
         description="Softmax probability per class, in the model's class order."
     )
@@ -87,6 +93,14 @@ class ModelInfo(BaseModel):
     preprocessing: dict[str, Any]
     layers: list[LayerInfo]
     evaluation: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="Temperature scaling and its expected calibration error."
+    )
+    uncertainty: dict[str, Any] | None = Field(
+        default=None,
+        description="The `uncertain` rule: min_confidence, max_distance, and its coverage and "
+        "accuracy on the held-out split.",
+    )
 
 
 class ModelList(BaseModel):

@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--from-checkpoint",
         type=Path,
         default=None,
-        help="skip training: export the model a --checkpoint run saved in this folder",
+        help="skip training: export again the model a --checkpoint run saved in this folder, or "
+        "an exported version (models/<name>/<version>), with the calibration of this code",
     )
     args = p.parse_args(argv)
     if args.out is None:
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from training import checkpoint, export, report
     from training.data import DataError
     from training.recipes import RECIPES
-    from training.train import train
+    from training.train import calibrate, train
 
     recipe = RECIPES[args.model]
     if args.dropout is not None:
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.from_checkpoint is not None:
-            result = checkpoint.load(args.from_checkpoint)
+            result = checkpoint.load(args.from_checkpoint, recipe)
         else:
             result = train(
                 recipe, args.data_dir, args.seed, args.epochs, args.max_batches, args.tuning_split
@@ -142,15 +143,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None:
         checkpoint.save(result, args.checkpoint)
         print(f"checkpoint saved to {args.checkpoint}", flush=True)
+    print("calibrating on the held-out split", flush=True)
+    calibrated = calibrate(
+        result.model, recipe, args.data_dir, args.seed, args.max_batches, args.tuning_split
+    )
     try:
         target = export.export(
-            result.model, recipe, args.out, args.version, result.training, result.evaluation
+            result.model,
+            recipe,
+            args.out,
+            args.version,
+            result.training,
+            result.evaluation,
+            calibrated,
         )
     except FileExistsError as exc:  # an explicit version taken while this run trained
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report.write_report(
-        target, recipe.name, recipe.classes, result.history, result.evaluation, result.training
+        target,
+        recipe.name,
+        recipe.classes,
+        result.history,
+        result.evaluation,
+        result.training,
+        calibrated.calibration,
     )
     ev = result.evaluation
     print(
@@ -159,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, acc in ev["per_class_accuracy"].items():
         print(f"  {name:>6}: {acc:.2%}")
+    c, u = calibrated.calibration, calibrated.uncertainty
+    print(
+        f"temperature {c['temperature']:.3f}: ECE {c['ece_before']:.2%} -> {c['ece_after']:.2%}; "
+        f"uncertain below confidence {u['min_confidence']:.3f} or beyond distance "
+        f"{u['max_distance']:.1f}: coverage {u['validation']['coverage']:.2%}, accuracy "
+        f"unflagged {u['validation']['accuracy_unflagged']:.2%}"
+    )
     print(f"exported to {target}")
     return 0
 

@@ -4,9 +4,15 @@
     models/<name>/<version>/assets.extra/metadata.json     everything the service needs to know
     models/<name>/<version>/report/                        curves, confusion matrix, figures
 
+The exported network is the trained one with two additions fitted on held-out images
+(training/calibration.py): a `temperature` layer between the logits and the softmax, and a
+`distance` head on the embedding that feeds the logits.
+
 Signatures:
-    serving_default: image float32 (N, H, W, C) -> {"probabilities": (N, classes)}
-    features:        image float32 (N, H, W, C) -> {<layer name>: that layer's output}
+    serving_default: image float32 (N, H, W, C) -> {"probabilities": (N, classes),
+                     "distance": (N,)}
+    features:        image float32 (N, H, W, C) -> {<layer name>: that layer's output,
+                     "distance": (N,)}
     gradcam:         image, class_index int32 (N,) -> {"heatmap": (N, h, w) in [0, 1],
                      "probabilities"}: Grad-CAM (Selvaraju et al. 2017) on the last spatial ReLU
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +30,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from training.calibration import FeatureDistance, FeatureGaussians
 from training.recipes import Recipe
 
-METADATA_FORMAT = 1
+METADATA_FORMAT = 2  # 2: calibration, uncertainty and the distance output
 METADATA_PATH = Path("assets.extra") / "metadata.json"
 PREDICT_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "features"
@@ -39,12 +47,17 @@ _LAYER_TYPES = {
     keras.layers.Flatten: "flatten",
     keras.layers.Dense: "dense",
     keras.layers.Softmax: "softmax",
+    keras.layers.Add: "add",
+    keras.layers.GlobalAveragePooling2D: "global_pool",
+    keras.layers.Rescaling: "scale",
 }
+DISTANCE_OUTPUT = "distance"
 
 
 def _layer_type(layer: keras.layers.Layer) -> str | None:
-    """The layer's public type, or None for layers that do nothing at inference (dropout)."""
-    if isinstance(layer, keras.layers.Dropout):
+    """The layer's public type, or None for layers that are not part of the layer table: the
+    input, dropout (nothing at inference) and the distance head (an output of its own)."""
+    if isinstance(layer, keras.layers.Dropout | keras.layers.InputLayer | FeatureDistance):
         return None
     for cls, name in _LAYER_TYPES.items():
         if isinstance(layer, cls):
@@ -73,8 +86,39 @@ def layer_table(model: keras.Model) -> list[dict[str, Any]]:
         if kind == "dense":
             row["units"] = int(layer.units)
             row["activation"] = layer.activation.__name__
+        if kind == "scale":
+            row["scale"] = float(layer.scale)
         table.append(row)
+    if table[-1]["type"] != "softmax":
+        raise ValueError(f"the last layer must be the softmax, not {table[-1]['name']!r}")
     return table
+
+
+def logits_and_embedding(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.Layer]:
+    """The class layer (the Dense before the final softmax) and the layer that feeds it."""
+    if not isinstance(model.layers[-1], keras.layers.Softmax):
+        raise ValueError(f"{model.name} must end in a Softmax layer")
+    logits = model.layers[-2]
+    if not isinstance(logits, keras.layers.Dense):
+        raise ValueError(f"{model.name}: the layer before the softmax must be Dense")
+    before = [
+        layer
+        for layer in model.layers[: model.layers.index(logits)]
+        if not isinstance(layer, keras.layers.Dropout)
+    ]
+    return logits, before[-1]
+
+
+def served_model(
+    model: keras.Model, temperature: float, gaussians: FeatureGaussians
+) -> keras.Model:
+    """The trained model with the calibration temperature before its softmax and the distance
+    head on its embedding: outputs [probabilities, distance]."""
+    logits, embedding = logits_and_embedding(model)
+    scaled = keras.layers.Rescaling(1.0 / temperature, name="temperature")(logits.output)
+    probabilities = keras.layers.Softmax(name="softmax")(scaled)
+    distance = FeatureDistance(gaussians, name=DISTANCE_OUTPUT)(embedding.output)
+    return keras.Model(model.inputs, [probabilities, distance], name=model.name)
 
 
 def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
@@ -82,7 +126,7 @@ def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
     grad_model = keras.Model(
         model.inputs,
         [model.get_layer(layer_name).output, model.get_layer(logits_name).output, model.outputs[0]],
-    )
+    )  # outputs[0]: the probabilities
 
     def gradcam(image: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
@@ -97,6 +141,16 @@ def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
     return gradcam
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """What training/calibration.py fitted on the held-out images."""
+
+    temperature: float
+    gaussians: FeatureGaussians
+    calibration: dict[str, Any]
+    uncertainty: dict[str, Any]
+
+
 def next_version(model_dir: Path) -> int:
     # ASCII digits only, as the service reads version names ("²" is str.isdigit(), not int()).
     versions = [
@@ -108,12 +162,13 @@ def next_version(model_dir: Path) -> int:
 
 
 def export(
-    model: keras.Model,
+    trained: keras.Model,
     recipe: Recipe,
     out_dir: Path,
     version: int | None,
     training: dict[str, Any],
     evaluation: dict[str, Any],
+    calibrated: Calibrated,
 ) -> Path:
     """Write the model as `out_dir/<name>/<version>` and return that path. With `version` None,
     the version is the next free one when the export is renamed into place, so runs that end
@@ -123,19 +178,26 @@ def export(
         raise FileExistsError(
             f"{model_dir / str(version)} already exists; versions are immutable, pick another"
         )
+    logits_layer = logits_and_embedding(trained)[0].name
+    model = served_model(trained, calibrated.temperature, calibrated.gaussians)
     table = layer_table(model)
     features_model = keras.Model(
-        model.inputs, {row["name"]: model.get_layer(row["name"]).output for row in table}
+        model.inputs,
+        {
+            **{row["name"]: model.get_layer(row["name"]).output for row in table},
+            DISTANCE_OUTPUT: model.outputs[1],
+        },
     )
     spec = tf.TensorSpec((None, *recipe.input_shape), tf.float32, name="image")
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        PREDICT_SIGNATURE,
-        lambda image: {"probabilities": model(image, training=False)},
-        input_signature=[spec],
-    )
+
+    def predict(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities, distance = model(image, training=False)
+        return {"probabilities": probabilities, DISTANCE_OUTPUT: distance}
+
+    archive.add_endpoint(PREDICT_SIGNATURE, predict, input_signature=[spec])
     archive.add_endpoint(
         FEATURES_SIGNATURE,
         lambda image: features_model(image, training=False),
@@ -145,7 +207,6 @@ def export(
     cam_layer = [r["name"] for r in table if r["type"] == "relu" and len(r["output_shape"]) == 3][
         -1
     ]
-    logits_layer = table[-2]["name"]
     archive.add_endpoint(
         GRADCAM_SIGNATURE,
         gradcam_fn(model, cam_layer, logits_layer),
@@ -168,14 +229,20 @@ def export(
         "input": {"name": "image", "shape": list(recipe.input_shape), "dtype": "float32"},
         "preprocessing": recipe.preprocessing,
         "signatures": {
-            "predict": {"name": PREDICT_SIGNATURE, "output": "probabilities"},
-            "features": {"name": FEATURES_SIGNATURE},
+            "predict": {
+                "name": PREDICT_SIGNATURE,
+                "output": "probabilities",
+                "distance": DISTANCE_OUTPUT,
+            },
+            "features": {"name": FEATURES_SIGNATURE, "distance": DISTANCE_OUTPUT},
             "gradcam": {"name": GRADCAM_SIGNATURE, "layer": cam_layer, "logits": logits_layer},
         },
         "layers": table,
         "parameters": int(model.count_params()),
         "training": training,
         "evaluation": evaluation,
+        "calibration": calibrated.calibration,
+        "uncertainty": calibrated.uncertainty,
     }
     (staging / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
     chosen = version if version is not None else next_version(model_dir)

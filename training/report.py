@@ -53,6 +53,54 @@ def plot_confusion(evaluation: dict[str, Any], classes: list[str], title: str, p
     plt.close(fig)
 
 
+def plot_reliability(calibration: dict[str, Any], title: str, path: Path) -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling: a calibrated
+    model's bars reach the diagonal."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    panels = (
+        ("before", "uncalibrated (T = 1)", calibration["ece_before"]),
+        ("after", f"T = {calibration['temperature']:.2f}", calibration["ece_after"]),
+    )
+    for ax, (key, label, ece) in zip(axes, panels, strict=True):
+        rows = [r for r in calibration[f"reliability_{key}"] if r["count"]]
+        lows = [r["low"] for r in rows]
+        width = rows[0]["high"] - rows[0]["low"] if rows else 0.0
+        ax.bar(
+            lows,
+            [r["accuracy"] for r in rows],
+            width=width,
+            align="edge",
+            alpha=0.8,
+            edgecolor="black",
+            label="accuracy",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        # Where each bar would end if the bin were calibrated: its mean confidence.
+        ax.plot(
+            [r["low"] + width / 2 for r in rows],
+            [r["confidence"] for r in rows],
+            "r_",
+            markersize=12,
+            markeredgewidth=2,
+            label="mean confidence",
+        )
+        for r in rows:
+            ax.text(
+                r["low"] + width / 2, 0.02, str(r["count"]), ha="center", fontsize=6, rotation=90
+            )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(f"{label}: ECE {ece:.2%}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8, framealpha=0.9)
+    fig.suptitle(f"{title} ({calibration['bins']} bins; counts at the foot of each bar)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_report(
     target: Path,
     name: str,
@@ -60,6 +108,7 @@ def write_report(
     history: dict[str, list[float]],
     evaluation: dict[str, Any],
     training: dict[str, Any],
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     report = Path(target) / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -67,6 +116,10 @@ def write_report(
     plot_confusion(
         evaluation, classes, f"{name}: confusion matrix", report / "confusion_matrix.png"
     )
+    if calibration is not None:
+        plot_reliability(
+            calibration, f"{name}: reliability on the held-out split", report / "reliability.png"
+        )
     figures = {"history": history, "evaluation": evaluation, "training": training}
     (report / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     return report

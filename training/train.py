@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import data
+from training import calibration, data
+from training.export import Calibrated, logits_and_embedding
 from training.recipes import Recipe
 
 
@@ -333,3 +334,33 @@ def train(
     }
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return TrainResult(model=model, history=hist, evaluation=evaluation, training=training)
+
+
+def calibrate(
+    model: keras.Model,
+    recipe: Recipe,
+    data_dir: Path,
+    seed: int,
+    max_batches: int | None = None,
+    tuning_split: bool = False,
+) -> Calibrated:
+    """Fit the temperature and the `uncertain` rule (training/calibration.py): the feature
+    Gaussians on the training images, the rest on the held-out ones, the same split as train()."""
+    ds = recipe.load(data_dir)
+    if tuning_split:
+        ds = data.training_part(ds, recipe.val_fraction, seed)
+    train_idx, val_idx = split(recipe, ds, seed, max_batches)
+    logits_layer, embedding_layer = logits_and_embedding(model)
+    heads = keras.Model(model.inputs, [logits_layer.output, embedding_layer.output])
+
+    def run(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = heads.predict(_scale(ds.x[idx], recipe), batch_size=512, verbose=0)
+        return logits.astype(np.float64), embeddings
+
+    _, train_embeddings = run(train_idx)
+    gaussians = calibration.fit_gaussians(train_embeddings, ds.y[train_idx], len(recipe.classes))
+    val_logits, val_embeddings = run(val_idx)
+    temperature, calib, uncertainty = calibration.calibrate(
+        val_logits, val_embeddings, ds.y[val_idx], gaussians, recipe.target_accuracy_unflagged, seed
+    )
+    return Calibrated(temperature, gaussians, calib, uncertainty)

@@ -21,6 +21,8 @@ def model_info(m: Model) -> dict:
         "parameters": md.get("parameters"),
         "signatures": md.get("signatures"),
         "evaluation": md.get("evaluation"),
+        "calibration": _without_bins(md.get("calibration")),
+        "uncertainty": md.get("uncertainty"),
         "training": md.get("training"),
     }
 
@@ -34,3 +36,11 @@ def list_models():
 @bp.get("/models/<model>")
 def get_one(model: str):
     return jsonify(model_info(get_model(model)))
+
+
+def _without_bins(calibration: dict | None) -> dict | None:
+    """The calibration figures, without the reliability diagram's per-bin rows (the report's
+    reliability.png draws them)."""
+    if calibration is None:
+        return None
+    return {k: v for k, v in calibration.items() if not k.startswith("reliability_")}

@@ -467,7 +467,8 @@ function showFeatures(res) {
   fillBars($("bars"), prediction.probabilities);
   const ranked = Object.entries(prediction.probabilities).sort((a, b) => b[1] - a[1]);
   const others = ranked.slice(1, 3).map(([k, p]) => `${k} ${pct(p)}`).join(", ");
-  $("summary").textContent = `Prediction: ${prediction.label} (${pct(prediction.confidence)}). Next: ${others}.`;
+  const doubt = prediction.uncertain ? " Uncertain: the model does not know this image well." : "";
+  $("summary").textContent = `Prediction: ${prediction.label} (${pct(prediction.confidence)}). Next: ${others}.${doubt}`;
   showInput(res.input);
   const [h, w] = res.input.shape;
   $("input").setAttribute(
