@@ -112,11 +112,11 @@ def test_unknown_asset_is_a_json_404(server):
 
 def test_layer_table_has_what_the_page_needs(models):
     for m in models.values():
-        h, w, _ = m["input"]["shape"]
         names = [row["name"] for row in m["layers"]]
         assert len(names) == len(set(names))
         assert m["layers"][-1]["type"] == "softmax"
         assert m["layers"][-1]["output_shape"] == [len(m["classes"])]
+        shapes = {m["input"]["name"]: m["input"]["shape"]}
         for row in m["layers"]:
             assert row["type"] in {
                 "conv",
@@ -126,8 +126,18 @@ def test_layer_table_has_what_the_page_needs(models):
                 "flatten",
                 "dense",
                 "softmax",
+                "add",
+                "global_pool",
+                "scale",
             }
+            # Every row names its inputs, each an earlier row (or the image): the page follows
+            # them through residual branches.
+            assert row["inputs"] and all(n in shapes for n in row["inputs"]), row
+            if row["type"] == "add":
+                assert len(row["inputs"]) == 2
+                assert all(shapes[n] == row["output_shape"] for n in row["inputs"])
             if row["type"] in ("conv", "pool"):
+                h, w = shapes[row["inputs"][0]][:2]
                 k, s, pad = row["kernel_size"], row["stride"], row["padding"]
                 # The page's receptive-field arithmetic assumes TF's output sizes.
                 if pad == "same":
@@ -135,8 +145,7 @@ def test_layer_table_has_what_the_page_needs(models):
                 else:
                     expect = [(h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1]
                 assert row["output_shape"][:2] == expect, row
-            if len(row["output_shape"]) == 3:
-                h, w = row["output_shape"][:2]
+            shapes[row["name"]] = row["output_shape"]
             if row["type"] == "conv":
                 assert row["output_shape"][2] == row["filters"]
 

@@ -123,23 +123,42 @@ def test_lenet_is_the_classic_layer_list():
     assert table[2]["kernel_size"] == [2, 2] and table[2]["stride"] == [2, 2]
 
 
-def test_scenes_net_keeps_relu_and_pool_as_named_layers():
+def test_scenes_resnet_names_every_layer_and_joins_its_shortcuts():
     from training.export import layer_table
 
     table = layer_table(SCENES.build(4, SCENES.dropout))
-    names = [r["name"] for r in table]
-    assert names[:3] == ["conv1", "bn1", "relu1"] and "pool3" in names
-    assert table[-1]["output_shape"] == [4]
-    assert all(r["type"] != "batchnorm" or "bn" in r["name"] for r in table)
+    rows = {r["name"]: r for r in table}
+    assert [r["name"] for r in table[:3]] == ["conv1", "bn1", "relu1"]
+    assert [r["name"] for r in table[-3:]] == ["gap", "fc", "softmax"]
+    adds = [r for r in table if r["type"] == "add"]
+    assert len(adds) == 5  # blocks (1, 2, 2)
+    # A block that keeps the shape adds its input; one that halves it, its 1x1 shortcut.
+    assert rows["b1_1_add"]["inputs"] == ["b1_1_bn_b", "relu1"]
+    assert rows["b2_1_add"]["inputs"] == ["b2_1_bn_b", "b2_1_shortcut_bn"]
+    assert rows["b2_1_shortcut_conv"]["inputs"] == ["b1_1_relu"]
+    assert rows["b2_1_shortcut_conv"]["stride"] == [2, 2]
+    assert [rows[f"b{s}_1_relu"]["output_shape"] for s in (1, 2, 3)] == [
+        [32, 32, 32],
+        [16, 16, 64],
+        [8, 8, 128],
+    ]
+    assert rows["gap"]["type"] == "global_pool" and rows["gap"]["output_shape"] == [128]
 
 
-def test_scenes_net_widths_set_each_blocks_filters():
-    from training.architectures import scenes_net
-    from training.export import layer_table
+def test_cutout_greys_one_square_per_image():
+    import tensorflow as tf
 
-    filters = {r["name"]: r["output_shape"][-1] for r in layer_table(scenes_net(4, (16, 32, 64)))}
-    assert [filters[f"conv{i}"] for i in range(1, 7)] == [16, 16, 32, 32, 64, 64]
-    assert filters["pool3"] == 64 and filters["flatten"] == 4 * 4 * 64
+    from training.train import cutout
+
+    tf.random.set_seed(0)
+    for size in (11, 12):
+        out = cutout(tf.zeros((64, 32, 32, 3)), size).numpy()
+        grey = (out == 0.5).all(axis=3)
+        per_image = grey.sum(axis=(1, 2))
+        assert (per_image > 0).all() and (per_image <= size * size).all()
+        # Whole when the centre is far from the edges.
+        assert (per_image == size * size).mean() > 0.3
+    assert set(np.unique(out)) <= {0.0, 0.5}
 
 
 def test_elastic_distortion_moves_ink_smoothly_and_keeps_it():
@@ -205,24 +224,41 @@ def test_exported_savedmodel_equals_keras(recipe, tmp_path):
     import tensorflow as tf
 
     from training import export
+    from training.calibration import fit_gaussians, softmax
 
     model = recipe.build(len(recipe.classes), recipe.dropout)
     rng = np.random.default_rng(0)
     x = rng.random((5, *recipe.input_shape), dtype=np.float32)
     evaluation = {"accuracy": 0.0}
-    target = export.export(model, recipe, tmp_path, 3, {"seed": 0}, evaluation)
+    logits_layer, embedding_layer = export.logits_and_embedding(model)
+    heads = keras.Model(model.inputs, [logits_layer.output, embedding_layer.output])
+    _, fit_embeddings = heads(rng.random((64, *recipe.input_shape), dtype=np.float32))
+    k = len(recipe.classes)
+    gaussians = fit_gaussians(np.asarray(fit_embeddings), np.arange(64) % k, k)
+    calibrated = export.Calibrated(2.5, gaussians, {"temperature": 2.5}, {"min_confidence": 0.5})
+    target = export.export(model, recipe, tmp_path, 3, {"seed": 0}, evaluation, calibrated)
 
     loaded = tf.saved_model.load(str(target))
-    probs = loaded.signatures["serving_default"](image=tf.constant(x))["probabilities"].numpy()
-    np.testing.assert_allclose(probs, model(x, training=False).numpy(), atol=1e-6)
+    out = loaded.signatures["serving_default"](image=tf.constant(x))
+    probs = out["probabilities"].numpy()
+    logits, embeddings = (np.asarray(t) for t in heads(x))
+    # The trained network's logits over the temperature, and the distance head's reference.
+    np.testing.assert_allclose(probs, softmax(logits / 2.5), atol=1e-6)
+    np.testing.assert_allclose(out["distance"].numpy(), gaussians.distance(embeddings), rtol=1e-4)
     feats = loaded.signatures["features"](image=tf.constant(x))
     metadata = json.loads((target / export.METADATA_PATH).read_text())
     for row in metadata["layers"]:
+        if row["name"] in ("temperature", "softmax"):  # added at export
+            continue
         expected = model.get_layer(row["name"]).output
         sub = keras.Model(model.inputs, expected)
         np.testing.assert_allclose(feats[row["name"]].numpy(), sub(x).numpy(), atol=1e-5)
         assert list(feats[row["name"]].shape[1:]) == row["output_shape"]
+    np.testing.assert_allclose(feats["temperature"].numpy(), logits / 2.5, atol=1e-5)
     np.testing.assert_allclose(feats["softmax"].numpy(), probs, atol=1e-6)
+    np.testing.assert_allclose(feats["distance"].numpy(), out["distance"].numpy(), rtol=1e-6)
+    assert metadata["calibration"] == {"temperature": 2.5}
+    assert metadata["uncertainty"] == {"min_confidence": 0.5}
     cam = loaded.signatures["gradcam"](image=tf.constant(x), class_index=tf.constant([0] * 5))
     assert cam["heatmap"].shape[0] == 5 and float(tf.reduce_max(cam["heatmap"])) <= 1.0
     assert metadata["name"] == recipe.name and metadata["version"] == 3
@@ -235,7 +271,7 @@ def test_exported_savedmodel_equals_keras(recipe, tmp_path):
     assert metadata["preprocessing"] == json.loads(json.dumps(recipe.preprocessing))
     assert metadata["evaluation"] == evaluation
     with pytest.raises(FileExistsError):
-        export.export(model, recipe, tmp_path, 3, {}, evaluation)
+        export.export(model, recipe, tmp_path, 3, {}, evaluation, calibrated)
 
 
 @needs_data
@@ -281,9 +317,11 @@ def test_smoke_train_and_export(name, options, tmp_path):
     assert cli.returncode == 0, cli.stderr[-3000:]
     target = tmp_path / name / "1"
     assert (target / "saved_model.pb").exists()
-    for f in ("training_curves.png", "confusion_matrix.png", "figures.json"):
+    for f in ("training_curves.png", "confusion_matrix.png", "reliability.png", "figures.json"):
         assert (target / "report" / f).stat().st_size > 1000
     metadata = json.loads((target / "assets.extra" / "metadata.json").read_text())
+    assert metadata["calibration"]["temperature"] > 0
+    assert 0 <= metadata["uncertainty"]["min_confidence"] <= 1
     assert metadata["training"]["smoke_run"] is True
     data_file = {"mnist": "mnist-train.npz", "scenes": "cifar4-train.npz"}[name]
     assert metadata["training"]["data_source"] == str(SHARED_DATA / data_file)
@@ -451,11 +489,21 @@ def test_cli_takes_zero_as_given(tmp_path, monkeypatch):
             model=None, history={}, evaluation=evaluation, training={"wall_time_seconds": 0.0}
         )
 
-    def fake_export(model, recipe, out_dir, version, training, evaluation):
+    def fake_calibrate(model, recipe, data_dir, seed, max_batches, tuning_split):
+        figures = {"coverage": 1.0, "accuracy_unflagged": 1.0}
+        return export.Calibrated(
+            1.0,
+            None,
+            {"temperature": 1.0, "ece_before": 0.0, "ece_after": 0.0},
+            {"min_confidence": 0.5, "max_distance": 1.0, "validation": figures},
+        )
+
+    def fake_export(model, recipe, out_dir, version, training, evaluation, calibrated):
         seen["version"] = version
         return Path(out_dir) / recipe.name / str(version)
 
     monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(train, "calibrate", fake_calibrate)
     monkeypatch.setattr(export, "export", fake_export)
     monkeypatch.setattr(report, "write_report", lambda *args: None)
     assert cli.parse_args(["mnist", "--out", "x", "--version", "0"]).version == 0
@@ -513,7 +561,11 @@ def test_export_without_a_version_takes_the_next_free_one_when_it_writes(tmp_pat
         return version
 
     monkeypatch.setattr(export, "next_version", next_version_then_taken)
-    target = export.export(model, MNIST, tmp_path, None, {"seed": 0}, {"accuracy": 0.0})
+    from training.calibration import FeatureGaussians
+
+    gaussians = FeatureGaussians(np.zeros((10, 100), np.float32), np.eye(100, dtype=np.float32))
+    calibrated = export.Calibrated(1.0, gaussians, {}, {})
+    target = export.export(model, MNIST, tmp_path, None, {"seed": 0}, {"accuracy": 0.0}, calibrated)
     assert target == model_dir / "2"
     assert json.loads((target / export.METADATA_PATH).read_text())["version"] == 2
     assert (model_dir / "1" / "saved_model.pb").read_text() == "theirs"

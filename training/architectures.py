@@ -71,18 +71,6 @@ def _vgg(
     return keras.Sequential(stack, name=name)
 
 
-def scenes_net(
-    num_classes: int = 4, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.25
-) -> keras.Model:
-    """A small VGG-style net: three blocks of two 3x3 convs and a 2x2 max-pool, then two FC layers.
-
-    32x32x3 -> 32@32x32 (x2) -> pool 16x16 -> 64@16x16 (x2) -> pool 8x8 -> 128@8x8 (x2) -> pool 4x4
-    -> 256 -> 4. `widths` sets the three blocks' filters: a conv's cost grows with the square of
-    its width, so halving them made the net 3.5x cheaper to run, and less accurate (README).
-    """
-    return _vgg("scenes_net", (32, 32, 3), widths, num_classes, dropout, softmax=True)
-
-
 def scenes_resnet(
     num_classes: int = 4,
     widths: tuple[int, ...] = (32, 64, 128),

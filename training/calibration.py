@@ -125,9 +125,23 @@ class FeatureDistance(keras.layers.Layer):
 
     def __init__(self, gaussians: FeatureGaussians, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.gaussians = gaussians
         w = gaussians.whitening
         self._whitening = keras.ops.convert_to_tensor(w)
         self._means = keras.ops.convert_to_tensor(gaussians.means @ w)  # means, whitened
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "means": self.gaussians.means.tolist(),
+            "whitening": self.gaussians.whitening.tolist(),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FeatureDistance:
+        means = np.asarray(config.pop("means"), np.float32)
+        whitening = np.asarray(config.pop("whitening"), np.float32)
+        return cls(FeatureGaussians(means, whitening), **config)
 
     def call(self, embeddings):
         ops = keras.ops

@@ -65,7 +65,38 @@ def _layer_type(layer: keras.layers.Layer) -> str | None:
     raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__} has no public type")
 
 
+def _inbound(model: keras.Model) -> dict[str, list[str]]:
+    """{layer name: names of the layers it takes its input(s) from}, from the functional
+    model's public config (each input tensor's `keras_history` names its layer)."""
+
+    def names(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            history = node.get("config", {}).get("keras_history") if "config" in node else None
+            if history:
+                return [history[0]]
+            return [n for v in node.values() for n in names(v)]
+        if isinstance(node, list | tuple):
+            return [n for v in node for n in names(v)]
+        return []
+
+    if isinstance(model, keras.Sequential):  # a chain: each layer takes the one before
+        chain = [model.inputs[0].name] + [layer.name for layer in model.layers]
+        return {name: chain[i - 1 : i] for i, name in enumerate(chain)}
+    return {row["name"]: names(row["inbound_nodes"]) for row in model.get_config()["layers"]}
+
+
 def layer_table(model: keras.Model) -> list[dict[str, Any]]:
+    """One row per public layer, in network order. `inputs` names the rows (or the input,
+    "image") each takes its input from: a residual `add` takes two."""
+    inbound = _inbound(model)
+    kinds = {layer.name: _layer_type(layer) for layer in model.layers}
+
+    def public(name: str) -> list[str]:
+        # Through layers that are not in the table (dropout) to the nearest that is.
+        if kinds.get(name) is not None or not inbound.get(name):  # a table row, or the input
+            return [name]
+        return [n for source in inbound[name] for n in public(source)]
+
     table = []
     for layer in model.layers:
         kind = _layer_type(layer)
@@ -74,6 +105,7 @@ def layer_table(model: keras.Model) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "name": layer.name,
             "type": kind,
+            "inputs": [n for source in inbound[layer.name] for n in public(source)],
             "output_shape": [int(d) for d in layer.output.shape[1:]],
         }
         if kind in ("conv", "pool"):

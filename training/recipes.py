@@ -118,8 +118,8 @@ SCENES = Recipe(
     optimizer="sgd",
     warmup_epochs=2,
     label_smoothing=0.1,
-    # Pad-and-crop (+-4 px, reflected), horizontal flips and one 12x12 cutout square per image.
-    augment={"flip": 1.0, "translation": 0.125, "cutout": 12},
+    # Pad-and-crop (+-4 px, reflected), horizontal flips and one 11x11 cutout square per image.
+    augment={"flip": 1.0, "translation": 0.125, "cutout": 11},
 )
 
 RECIPES = {r.name: r for r in (MNIST, SCENES)}

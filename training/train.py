@@ -69,11 +69,11 @@ def cutout(images: tf.Tensor, size: int) -> tf.Tensor:
     (partly outside the image near the edges), set to mid-grey."""
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
-    cy = tf.random.uniform(tf.stack([b, 1, 1]), 0, h, tf.int32)
-    cx = tf.random.uniform(tf.stack([b, 1, 1]), 0, w, tf.int32)
+    top = tf.random.uniform(tf.stack([b, 1, 1]), 0, h, tf.int32) - size // 2
+    left = tf.random.uniform(tf.stack([b, 1, 1]), 0, w, tf.int32) - size // 2
     ys = tf.range(h)[None, :, None]
     xs = tf.range(w)[None, None, :]
-    inside = (tf.abs(ys - cy) * 2 < size) & (tf.abs(xs - cx) * 2 < size)
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return tf.where(inside[..., None], tf.constant(0.5, images.dtype), images)
 
 

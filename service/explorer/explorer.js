@@ -135,8 +135,13 @@ function receptiveFields(model) {
     { start: 0, jump: 1, size: 1, n: h },
     { start: 0, jump: 1, size: 1, n: w },
   ];
+  const byName = new Map([[model.input.name ?? "image", axes]]);
   const out = [];
   for (const row of model.layers) {
+    // A row sees what its inputs see (the widest, where a residual add joins two paths); a
+    // table without `inputs` is a chain.
+    const sources = (row.inputs ?? []).map((n) => byName.get(n)).filter(Boolean);
+    if (sources.length) axes = sources.reduce((a, b) => (b[0].size > a[0].size ? b : a));
     if (row.kernel_size) {
       axes = axes.map((a, i) => {
         const k = row.kernel_size[i];
@@ -151,6 +156,7 @@ function receptiveFields(model) {
         };
       });
     }
+    byName.set(row.name, axes);
     out.push(row.output_shape.length === 3 ? axes : null);
   }
   return out;
@@ -377,7 +383,8 @@ function inspect(layer, ch, y, x) {
   box("rf", $("input-fig").querySelector(".map"), y0, x0, y1, x1, ih, iw);
   text += `; sees input rows ${y0}–${y1}, columns ${x0}–${x1}`;
 
-  const prev = state.layers[layer.index - 1];
+  const source = layer.row.inputs?.[0];
+  const prev = source ? state.layers.find((l) => l.row.name === source) : state.layers[layer.index - 1];
   if (layer.row.type === "pool" && prev?.shape.length === 3) {
     const [ph, pw, pc] = prev.shape;
     const [kh, kw] = layer.row.kernel_size;

@@ -1,0 +1,79 @@
+"""Calibration and the `uncertain` rule: the fitting (training/calibration.py) on known cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import calibration
+
+
+def _sampled(n: int, temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose labels are drawn from softmax(logits / temperature): a model whose right
+    temperature is known."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 4, (n, 5))
+    p = calibration.softmax(logits / temperature)
+    labels = np.array([rng.choice(5, p=row) for row in p])
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
+def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with(true_t):
+    logits, labels = _sampled(20_000, true_t)
+    assert calibration.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_temperature_scaling_brings_the_ece_down():
+    logits, labels = _sampled(20_000, 2.5)
+    before = calibration.expected_calibration_error(calibration.softmax(logits), labels)
+    t = calibration.fit_temperature(logits, labels)
+    after = calibration.expected_calibration_error(calibration.softmax(logits / t), labels)
+    assert before > 0.1 and after < 0.02
+
+
+def test_ece_of_known_bins():
+    # Two bins: confidence 0.9 right 3 times in 4 (gap 0.15), confidence 0.6 right twice in 2.
+    probs = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    labels = np.array([0, 0, 0, 1, 0, 0])
+    assert calibration.expected_calibration_error(probs, labels) == pytest.approx(
+        4 / 6 * 0.15 + 2 / 6 * 0.4
+    )
+    rows = calibration.reliability(probs, labels)
+    assert len(rows) == calibration.BINS and sum(r["count"] for r in rows) == 6
+
+
+def test_min_confidence_is_the_lowest_threshold_that_meets_the_target():
+    confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([True, True, True, False, True, False])
+    keep = np.ones(6, bool)
+    # Keeping the top 3 is 100 %, the top 5 is 80 %: a 0.8 target keeps 5, down to 0.7.
+    assert calibration.choose_min_confidence(confidence, correct, keep, 0.8) == 0.7
+    assert calibration.choose_min_confidence(confidence, correct, keep, 1.0) == 0.9
+    assert calibration.choose_min_confidence(confidence, ~correct, keep, 0.99) == 1.0
+
+
+def test_distance_is_the_whitened_distance_to_the_nearest_class_mean():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, (500, 3)), rng.normal(10, 2, (500, 3))])
+    y = np.repeat([0, 1], 500)
+    g = calibration.fit_gaussians(x, y, 2)
+    d = g.distance(np.array([[0.0, 0, 0], [10, 10, 10], [100, -100, 50]], np.float32))
+    assert d[0] < 1 and d[1] < 1 and d[2] > 20
+    # The graph's layer computes what the numpy reference does.
+    layer = calibration.FeatureDistance(g)
+    probe = rng.normal(5, 5, (8, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(layer(probe)), g.distance(probe), rtol=1e-4)
+
+
+def test_calibrate_reports_cross_fitted_figures_and_meets_its_target():
+    rng = np.random.default_rng(2)
+    logits, labels = _sampled(4000, 2.0, seed=3)
+    embeddings = rng.normal(0, 1, (4000, 4)) + labels[:, None]
+    g = calibration.fit_gaussians(embeddings, labels, 5)
+    t, calib, rule = calibration.calibrate(logits, embeddings, labels, g, 0.9, seed=1)
+    assert t == calib["temperature"] and calib["ece_after"] < calib["ece_before"]
+    assert rule["validation_in_sample"]["accuracy_unflagged"] >= 0.9
+    # Cross-fitted: close to the target, not necessarily on it.
+    assert rule["validation"]["accuracy_unflagged"] > 0.87
+    assert 0 < rule["validation"]["coverage"] < 1
