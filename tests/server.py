@@ -213,6 +213,8 @@ class NginxProxy:
     upstream: int
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    # Text replaced in the site file, for tests that need e.g. shorter timeouts.
+    replace: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -232,6 +234,9 @@ class NginxProxy:
         site = NGINX_SITE.read_text()
         site = site.replace("server service:8000;", f"server 127.0.0.1:{self.upstream};")
         site = site.replace("listen 8080;", f"listen 127.0.0.1:{self.port};")
+        for old, new in self.replace.items():
+            assert old in site, old
+            site = site.replace(old, new)
         (self.tmp / "site.conf").write_text(site)
         conf = self.tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=self.tmp))

@@ -267,6 +267,84 @@ def test_nginx_keeps_metrics_from_the_public(server, tmp_path):
     assert "convnet_http_requests_total" in requests.get(f"{server.url}/metrics", timeout=10).text
 
 
+def test_a_stopped_service_behind_nginx_is_a_json_502(tmp_path):
+    """The service down (restarting, crashed): nginx's own 502 is the service's JSON error, with
+    a Retry-After, for every method."""
+    if find_nginx() is None:
+        pytest.fail("nginx is not installed (apt-get install -y nginx)")
+    srv = GunicornServer(tmp=tmp_path / "srv", workers=1)
+    (tmp_path / "srv").mkdir()
+    srv.start()
+    with NginxProxy(tmp_path, srv.port).running() as proxy:
+        assert predict(proxy.url).status_code == 200
+        srv.stop()
+        for r in (predict(proxy.url), requests.get(f"{proxy.url}/models", timeout=10)):
+            assert r.status_code == 502, r.text
+            assert r.headers["Content-Type"] == "application/json"
+            assert r.headers["Retry-After"] == "1"
+            assert r.json()["error"] == {
+                "code": "bad_gateway",
+                "message": "The service is unreachable; retry shortly.",
+                "status": 502,
+            }
+
+
+def test_nginx_closes_a_request_that_times_out_without_an_html_page(server, tmp_path):
+    """nginx sends no 408: a request whose headers or body stop arriving is closed unanswered."""
+    if find_nginx() is None:
+        pytest.fail("nginx is not installed (apt-get install -y nginx)")
+    shorter = {
+        "client_header_timeout 10s;": "client_header_timeout 1s;",
+        "client_body_timeout 10s;": "client_body_timeout 1s;",
+    }
+    with NginxProxy(tmp_path, server.port, replace=shorter).running() as proxy:
+        for head in (
+            b"POST /predict/mnist HTTP/1.1\r\nHost: t\r\n",  # headers never end
+            b"POST /predict/mnist HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100\r\n\r\nabc",  # 3 bytes of 100
+        ):
+            sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            started = time.monotonic()
+            sock.sendall(head)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            sock.close()
+            assert received == b"", received[:200]
+            assert time.monotonic() - started < 5
+
+
+def queue_seconds(url: str) -> tuple[float, float]:
+    """convnet_http_request_queue_seconds' (count, sum) from the service's /metrics."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        for key in ("_count", "_sum"):
+            if line.startswith(f"convnet_http_request_queue_seconds{key} "):
+                values[key] = float(line.split()[-1])
+    return values.get("_count", 0.0), values.get("_sum", 0.0)
+
+
+def test_nginx_replaces_a_forged_x_request_start(server, tmp_path):
+    """A client's own X-Request-Start (here from 1970) must not reach the queue-wait metric:
+    nginx sends its own stamp instead."""
+    if find_nginx() is None:
+        pytest.fail("nginx is not installed (apt-get install -y nginx)")
+    with NginxProxy(tmp_path, server.port).running() as proxy:
+        count0, sum0 = queue_seconds(server.url)
+        for _ in range(10):
+            r = requests.post(
+                f"{proxy.url}/predict/mnist",
+                data=DIGIT,
+                headers={"Content-Type": "image/png", "X-Request-Start": "t=1"},
+                timeout=10,
+            )
+            assert r.status_code == 200
+        count1, sum1 = queue_seconds(server.url)
+    assert count1 - count0 == 10  # each request's wait was measured, from nginx's stamp
+    assert sum1 - sum0 < 10, sum1 - sum0  # the forged stamp would add 1.8e9 s each
+
+
 def post_and_keep_the_socket(port: int) -> socket.socket:
     """POST a digit, read the whole response, and return the socket still open: what an idle
     keep-alive pool (or someone on purpose) does after a `Connection: close` answer."""

@@ -410,7 +410,8 @@ def _chunked(total: int, first: bytes = b"", size: int = 1 << 20):
     yield b"0\r\n\r\n"
 
 
-def test_http_level_abuse_gets_json_errors(server):
+def http_abuse_cases() -> list[tuple[str, int, str, bytes, object]]:
+    """(kind, status, code, request head, body chunks), as Gunicorn answers them."""
     oversize = 21 * 1024 * 1024
     png_head = b"\x89PNG\r\n\x1a\n"
     cases = [
@@ -526,8 +527,12 @@ def test_http_level_abuse_gets_json_errors(server):
             [],
         ),
     ]
+    return cases
+
+
+def test_http_level_abuse_gets_json_errors(server):
     rows = []
-    for kind, status, code, head, chunks in cases:
+    for kind, status, code, head, chunks in http_abuse_cases():
         half_close = kind == "chunked_body_cut_short"
         response, body, seconds = raw_exchange(server, head, chunks, half_close=half_close)
         assert_json_error(response, body, status, code, kind)
@@ -562,3 +567,43 @@ def test_eps_never_reaches_pillows_ghostscript_path(monkeypatch):
     for kind in ("eps", "eps_dos_binary", "pdf"):
         with pytest.raises(UnsupportedMediaType):
             images.decode(foreign[kind], images.Limits())
+
+
+# Through the deployed proxy: what nginx answers itself is JSON too, never its HTML pages.
+NGINX_ANSWERS = {
+    # Over nginx's client_max_body_size (21 MiB): refused by nginx, from the headers or the chunks.
+    "oversized_chunked": (413, "too_large"),
+    "oversized_multipart_chunked": (413, "too_large"),
+    "url_10000_chars": (414, "uri_too_long"),
+    "header_10000_chars": (431, "headers_too_large"),
+    "request_line_garbage": (400, "bad_request"),
+    "chunk_size_invalid": (400, "bad_request"),
+    "content_length_and_chunked": (400, "bad_request"),
+    "content_length_negative": (400, "bad_request"),
+    # Passed on to the service, which answers as it does directly.
+    "query_string_7000_chars": (400, "bad_request"),
+    "headers_150": (431, "headers_too_large"),
+}
+
+
+def test_http_level_abuse_through_nginx_gets_json_errors(server, tmp_path):
+    from tests.server import NginxProxy, find_nginx
+
+    if find_nginx() is None:
+        pytest.fail("nginx is not installed (apt-get install -y nginx)")
+    cases = {kind: (head, chunks) for kind, _, _, head, chunks in http_abuse_cases()}
+    over_nginx = 22 * 1024 * 1024  # the direct cases' 21 MiB is nginx's limit itself
+    cases["oversized_content_length"] = (
+        _request(PREDICT, {"Content-Type": "image/png", "Content-Length": str(over_nginx)}),
+        [b"\x89PNG\r\n\x1a\n"],
+    )
+    expected = {**NGINX_ANSWERS, "oversized_content_length": (413, "too_large")}
+    rows = []
+    with NginxProxy(tmp_path, server.port).running() as proxy:
+        for kind, (status, code) in expected.items():
+            head, chunks = cases[kind]
+            response, body, seconds = raw_exchange(proxy, head, chunks)
+            assert_json_error(response, body, status, code, kind)
+            assert seconds < REQUEST_BOUND, (kind, seconds)
+            rows.append((kind, response.status, seconds))
+    print_table("HTTP-level abuse through nginx", rows)
