@@ -58,6 +58,8 @@ def describe(model: Model, outputs: dict[str, np.ndarray], metrics: Metrics | No
         if metrics is not None:
             metrics.child(metrics.predictions, model.name, label).inc()
             metrics.child(metrics.confidence, model.name).observe(values[top])
+            if uncertain is not None:  # 0 too: the share's denominator needs the series
+                metrics.child(metrics.uncertain, model.name).inc(int(uncertain))
         out.append(
             {
                 "label": label,

@@ -210,6 +210,13 @@ class Metrics:
             buckets=CONFIDENCE_BUCKETS,
             registry=reg,
         )
+        self.uncertain = Counter(
+            "convnet_uncertain_predictions_total",
+            "Predictions flagged uncertain per image: the model does not know the image (a "
+            "low confidence, or features far from every class).",
+            ["model"],
+            registry=reg,
+        )
         self.model_info = Gauge(
             "convnet_model_info",
             "Models loaded (value 1), by name and version.",
