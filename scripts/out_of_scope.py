@@ -152,6 +152,9 @@ def main() -> None:
         "scenes": ("mnist", "digits (MNIST held-out)"),
     }
     for name, model in registry.models.items():
+        if model.uncertainty is None:
+            print(f"\n{name} v{model.version}: exported without an uncertainty rule, skipped")
+            continue
         other, label = cross[name]
         kinds = {**shared, label: held_out(other, args.data, CROSS_DOMAIN)}
         own = held_out(name, args.data, CROSS_DOMAIN)
