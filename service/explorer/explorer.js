@@ -254,6 +254,11 @@ function describe(row) {
   if (row.stride) parts.push(`stride ${row.stride.join("×")}`);
   if (row.padding) parts.push(`padding ${row.padding}`);
   if (row.activation) parts.push(row.activation);
+  if (row.type === "add") parts.push(`adds ${row.inputs.join(" + ")} (a residual connection)`);
+  if (row.type === "global_pool") parts.push("the mean of each map");
+  if (row.type === "scale" && row.name === "temperature") {
+    parts.push(`logits × ${fmt(row.scale)}: divided by the calibration temperature ${fmt(1 / row.scale)}`);
+  }
   return parts.join(", ");
 }
 
