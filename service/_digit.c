@@ -85,10 +85,30 @@ ink_box(const uint8_t *src, int width, int height, InkBox *box) {
         histogram[src[(Py_ssize_t)y * width + width - 1]]++;
     }
     const Py_ssize_t n = 2 * (Py_ssize_t)width + 2 * (Py_ssize_t)height;
-    const Py_ssize_t paper = (Py_ssize_t)(0.9 * (double)(n - 1));
     const int dark_on_light = kth_smallest(histogram, n / 2) > 127;
-    const int tone =
-        dark_on_light ? kth_smallest(histogram, n - 1 - paper) : kth_smallest(histogram, paper);
+    /* From here on, tones as bright ink on dark: the border's, and the brightest pixel's. */
+    Py_ssize_t border[256] = {0};
+    for (int value = 0; value < 256; value++) {
+        border[dark_on_light ? 255 - value : value] = histogram[value];
+    }
+    int brightest = 0;
+    for (Py_ssize_t i = 0; i < n_pixels; i++) {
+        int v = dark_on_light ? 255 - src[i] : src[i];
+        if (v > brightest) {
+            brightest = v;
+        }
+    }
+    /* The paper's tone: the 90th percentile of the border pixels no brighter than halfway from
+     * the border's median to the brightest pixel (brighter ones are ink touching the edge). */
+    const int limit = kth_smallest(border, n / 2) + brightest;
+    Py_ssize_t n_paper = 0;
+    for (int value = 0; value < 256; value++) {
+        if (2 * value > limit) {
+            border[value] = 0;
+        }
+        n_paper += border[value];
+    }
+    const int tone = kth_smallest(border, (Py_ssize_t)(0.9 * (double)(n_paper - 1)));
 
     uint8_t *ink = PyMem_Malloc(n_pixels);
     if (ink == NULL) {
@@ -97,7 +117,7 @@ ink_box(const uint8_t *src, int width, int height, InkBox *box) {
     }
     int peak = 0;
     for (Py_ssize_t i = 0; i < n_pixels; i++) {
-        int v = dark_on_light ? tone - src[i] : src[i] - tone;
+        int v = (dark_on_light ? 255 - src[i] : src[i]) - tone;
         ink[i] = (uint8_t)(v > 0 ? v : 0);
         if (ink[i] > peak) {
             peak = ink[i];

@@ -330,16 +330,18 @@ def find_ink_python(
     The reference for service/_digit.c's find_ink, which must return the same bytes.
     """
     a = np.frombuffer(pixels, np.uint8).reshape(height, width).astype(np.float32)
-    # One sort of the border pixels gives both statistics (np.median/percentile cost far more).
+    # One sort of the border pixels gives the statistics (np.median/percentile cost far more).
     border = np.concatenate((a[0], a[-1], a[:, 0], a[:, -1]))
     border.sort()
     n = len(border)
-    paper = int(0.9 * (n - 1))  # the 90th percentile of the border: the paper's tone
     if border[n // 2] > 127:  # dark ink on light paper -> bright ink on dark, like MNIST
         a = 255.0 - a
-        a -= 255.0 - border[n - 1 - paper]
-    else:
-        a -= border[paper]
+        border = 255.0 - border[::-1]
+    # The paper's tone: the 90th percentile of the border pixels that are paper, not ink. Ink
+    # that touches the edge (a tight crop, a scan cut at the stroke) is brighter than halfway
+    # from the border's median to the brightest pixel; counted as paper, it would be removed.
+    paper = border[2 * border <= border[n // 2] + a.max()]
+    a -= paper[int(0.9 * (len(paper) - 1))]
     # Remove the paper's own tone (grey paper, shadows) and stretch the ink to full range.
     np.maximum(a, 0, out=a)
     peak = float(a.max())
