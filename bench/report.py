@@ -1,4 +1,4 @@
-"""A `python -m bench.run` result as the README shows it: the goals, one table, one chart.
+"""A `python -m bench.run` result as docs/performance.md shows it: the goals, one table, one chart.
 
     python -m bench.report artifacts/bench.json                      # markdown on stdout
     python -m bench.report artifacts/bench.json --chart docs/bench.png

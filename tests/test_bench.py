@@ -1,7 +1,7 @@
 """The benchmark harnesses themselves: one short real run each, so they cannot rot.
 
 No figure is asserted (speed is shown by the benchmark, never by tests); only that every cell ran,
-every request succeeded, and the table holds what the README says it does.
+every request succeeded, and the table holds what docs/performance.md says it does.
 """
 
 from __future__ import annotations
