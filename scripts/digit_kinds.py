@@ -47,6 +47,13 @@ def on_paper(d: np.ndarray, ink: int = 0) -> np.ndarray:
     return (255 - (255 - ink) * (d.astype(np.float32) / 255)).astype(np.uint8)
 
 
+def thinner(d: np.ndarray) -> np.ndarray:
+    """Strokes about one pixel thinner: eroded at twice the size (a 3x3 erosion at 28 px takes
+    2 px off, and MNIST strokes are 2-3 px: whole strokes would vanish)."""
+    big = Image.fromarray(d).resize((56, 56), Image.Resampling.BILINEAR)
+    return np.asarray(big.filter(ImageFilter.MinFilter(3)).resize((28, 28), Image.Resampling.BOX))
+
+
 def slanted(d: np.ndarray, shear: float = 0.3) -> np.ndarray:
     img = Image.fromarray(d)
     return np.asarray(
@@ -71,9 +78,7 @@ KINDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "thick marker (dilated)": lambda d: on_paper(
         np.asarray(Image.fromarray(d).filter(ImageFilter.MaxFilter(3)))
     ),
-    "thin pen (eroded)": lambda d: on_paper(
-        np.asarray(Image.fromarray(d).filter(ImageFilter.MinFilter(3)))
-    ),
+    "thin pen (eroded)": lambda d: on_paper(thinner(d)),
     "slanted (shear 0.3)": lambda d: on_paper(slanted(d)),
 }
 

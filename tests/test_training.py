@@ -571,3 +571,48 @@ def test_export_without_a_version_takes_the_next_free_one_when_it_writes(tmp_pat
     assert (model_dir / "1" / "saved_model.pb").read_text() == "theirs"
     assert (model_dir / ".1.partial" / "theirs").exists()
     assert sorted(p.name for p in model_dir.iterdir()) == [".1.partial", "1", "2"]
+
+
+def test_shear_slants_digits_both_ways_and_keeps_their_ink():
+    import tensorflow as tf
+
+    from training.train import shear_x
+
+    x = np.zeros((64, 32, 32, 1), np.float32)
+    x[:, 6:26, 15:17] = 1.0  # an upright stroke
+    assert np.array_equal(shear_x(tf.constant(x), 0.0).numpy(), x)
+    tf.random.set_seed(0)
+    out = shear_x(tf.constant(x), 0.3).numpy()
+    # The stroke's top moves one way or the other, its bottom the opposite way.
+    top = out[:, 7, :, 0].argmax(axis=1) - out[:, 24, :, 0].argmax(axis=1)
+    assert (top > 2).any() and (top < -2).any()
+    np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), x.sum(axis=(1, 2, 3)), rtol=0.1)
+
+
+def test_stroke_width_thickens_and_thins_a_share_of_the_digits():
+    import tensorflow as tf
+
+    from training.train import stroke_width
+
+    x = np.zeros((400, 32, 32, 1), np.float32)
+    x[:, 6:26, 14:18] = 1.0
+    assert np.array_equal(stroke_width(tf.constant(x), 0.0).numpy(), x)
+    ink = stroke_width(tf.constant(x), 0.25).numpy().sum(axis=(1, 2, 3))
+    base = x[0].sum()
+    thick, thin = (ink > base).mean(), (ink < base).mean()
+    assert 0.15 < thick < 0.35 and 0.15 < thin < 0.35
+
+
+def test_handwriting_variants_draw_on_a_share_of_the_ones_and_sevens_only():
+    from training.train import handwriting_variants
+
+    ds = data.Dataset(
+        x=np.zeros((100, 32, 32, 1), np.uint8), y=np.repeat(np.arange(10), 10).astype(np.int64)
+    )
+    ds.x[:, 6:26, 15:17] = 255  # every digit an upright stroke
+    out = handwriting_variants(ds.x, ds.y, 0.5, seed=1)
+    changed = (out != ds.x).any(axis=(1, 2, 3))
+    assert set(ds.y[changed]) == {1, 7}
+    assert changed[ds.y == 1].sum() == 5 and changed[ds.y == 7].sum() == 5
+    assert np.array_equal(out, handwriting_variants(ds.x, ds.y, 0.5, seed=1))  # seeded
+    assert (out[changed].astype(int).sum() > ds.x[changed].astype(int).sum()).all()

@@ -77,6 +77,67 @@ def cutout(images: tf.Tensor, size: int) -> tf.Tensor:
     return tf.where(inside[..., None], tf.constant(0.5, images.dtype), images)
 
 
+def shear_x(images: tf.Tensor, factor: float) -> tf.Tensor:
+    """A random horizontal shear per image, uniform in [-factor, factor] around the centre row:
+    the slant of handwriting. Bilinear, zeros outside (the digits' black background)."""
+    shape = tf.shape(images)
+    b, h = shape[0], tf.cast(shape[1], tf.float32)
+    s = tf.random.uniform(tf.stack([b]), -factor, factor)
+    zeros, ones = tf.zeros_like(s), tf.ones_like(s)
+    # Output (x, y) reads input (x + s (y - h/2), y).
+    transforms = tf.stack([ones, s, -s * h / 2, zeros, ones, zeros, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=shape[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+
+def stroke_width(images: tf.Tensor, share: float) -> tf.Tensor:
+    """Thicker strokes (a 3x3 dilation, a marker) for `share` of the images and thinner ones (a
+    2x2 erosion, a fine pen) for another `share`; bright ink on dark."""
+    thick = tf.nn.max_pool2d(images, 3, 1, "SAME")
+    thin = -tf.nn.max_pool2d(-images, 2, 1, "SAME")
+    draw = tf.random.uniform(tf.stack([tf.shape(images)[0], 1, 1, 1]))
+    return tf.where(draw < share, thick, tf.where(draw < 2 * share, thin, images))
+
+
+def handwriting_variants(x: np.ndarray, y: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A copy of the digits where `share` of the 1s get the continental flag (a stroke down to
+    the left from the top) and `share` of the 7s a crossing bar: shapes MNIST barely has.
+    Bright ink on dark, (N, H, W, 1) uint8."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = x.copy()
+    for label in (1, 7):
+        picks = np.flatnonzero(y == label)
+        for i in rng.choice(picks, int(share * len(picks)), replace=False):
+            img = Image.fromarray(out[i, ..., 0])
+            ink = np.argwhere(out[i, ..., 0] > 128)
+            if not len(ink):
+                continue
+            top, bottom = int(ink[:, 0].min()), int(ink[:, 0].max())
+            draw = ImageDraw.Draw(img)
+            width = int(rng.integers(2, 4))
+            if label == 1:  # from the top of the stroke, down and to the left
+                x0 = float(ink[ink[:, 0] <= top + 2][:, 1].mean())
+                dx, dy = rng.uniform(4, 8), rng.uniform(3, 7)
+                draw.line([(x0, top), (x0 - dx, top + dy)], fill=255, width=width)
+            else:  # a bar across the stem, a little below the middle
+                row = top + int((bottom - top) * rng.uniform(0.45, 0.65))
+                at_row = ink[np.abs(ink[:, 0] - row) <= 1][:, 1]
+                if not len(at_row):
+                    continue
+                centre, half = float(at_row.mean()), rng.uniform(3, 6)
+                draw.line([(centre - half, row), (centre + half, row)], fill=255, width=width)
+            out[i, ..., 0] = np.asarray(img)
+    return out
+
+
 def _augmenter(recipe: Recipe, seed: int) -> keras.Sequential:
     a = recipe.augment
     steps: list[keras.layers.Layer] = []
@@ -88,6 +149,12 @@ def _augmenter(recipe: Recipe, seed: int) -> keras.Sequential:
         steps.append(
             keras.layers.Lambda(lambda x: elastic_distort(x, alpha, sigma), name="elastic")
         )
+    if a.get("stroke"):
+        share = a["stroke"]
+        steps.append(keras.layers.Lambda(lambda x: stroke_width(x, share), name="stroke"))
+    if a.get("shear"):
+        factor = a["shear"]
+        steps.append(keras.layers.Lambda(lambda x: shear_x(x, factor), name="shear"))
     if a.get("flip"):
         steps.append(keras.layers.RandomFlip("horizontal", seed=next(seeds)))
     if a.get("rotation"):
@@ -155,8 +222,11 @@ def make_datasets(
     x_val = _scale(ds.x[val_idx], recipe).numpy()
     y_val = ds.y[val_idx]
     augment = _augment_fn(recipe, seed)
+    x_train = ds.x[train_idx]
+    if recipe.augment.get("variants"):  # drawn once, on the training images only
+        x_train = handwriting_variants(x_train, ds.y[train_idx], recipe.augment["variants"], seed)
     train = (
-        tf.data.Dataset.from_tensor_slices((ds.x[train_idx], fit_to[train_idx]))
+        tf.data.Dataset.from_tensor_slices((x_train, fit_to[train_idx]))
         .shuffle(len(train_idx), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size)
         .map(lambda x, y: (augment(x), y))
