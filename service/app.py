@@ -7,11 +7,25 @@ import logging
 from flask import Flask
 
 from service import errors, images, instrumentation
-from service.api import State, docs, explorer, features, health, models, predict
+from service.api import (
+    State,
+    docs,
+    explorer,
+    features,
+    health,
+    models,
+    predict,
+    tfserving,
+    v2,
+)
 from service.config import Settings
 from service.json_provider import OrjsonProvider
 from service.metrics import Metrics
 from service.registry import Registry
+from service.versions import Versions
+
+# The standard protocols beside the native API: one adapter module each (PREFIX, bp).
+PROTOCOLS = (v2, tfserving)
 
 
 def _record_call(metrics: Metrics, model: str):
@@ -57,12 +71,16 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
         limits=images.Limits(
             max_pixels=settings.max_pixels, max_request_pixels=settings.max_request_pixels
         ),
+        versions=Versions(registry),
     )
 
-    errors.register(app)
+    # The standard protocols answer errors in their own body, {"error": "<message>"}.
+    errors.register(app, formats={p.PREFIX: errors.message_body for p in PROTOCOLS})
     instrumentation.init_app(app, metrics)
     for bp in (predict.bp, features.bp, models.bp, health.bp, docs.bp, explorer.bp):
         app.register_blueprint(bp)
+    for protocol in PROTOCOLS:
+        app.register_blueprint(protocol.bp)
 
     def loaded() -> None:
         for m in registry.models.values():

@@ -25,17 +25,22 @@ ENCODINGS = ("json", "base64", "png")
 
 
 def _decode_base64(text: str, index: int) -> bytes:
+    return decode_base64(text, f"images[{index}]")
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """An image sent as text: base64 or a base64 data URL; `where` names it in errors."""
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or not header.lower().endswith(";base64"):  # case-blind, as WHATWG says
-            raise BadRequest(f"images[{index}]: a data URL must be 'data:<type>;base64,<data>'")
+            raise BadRequest(f"{where}: a data URL must be 'data:<type>;base64,<data>'")
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"images[{index}]: not valid base64 ({exc})") from exc
+        raise BadRequest(f"{where}: not valid base64 ({exc})") from exc
 
 
-def _body(request: Request) -> bytes:
+def request_body(request: Request) -> bytes:
     """The whole body, never silently cut short.
 
     A chunked body (no Content-Length) is cut at MAX_CONTENT_LENGTH by Werkzeug without an error,
@@ -52,7 +57,7 @@ def images_from_request(request: Request, max_images: int) -> list[bytes]:
     """The image payloads of a request, in order; raises ApiError for anything malformed."""
     mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype == "application/octet-stream":
-        images = [_body(request)]
+        images = [request_body(request)]
     elif mimetype == "multipart/form-data":
         files = request.files.getlist("image")
         if not files:
@@ -62,7 +67,7 @@ def images_from_request(request: Request, max_images: int) -> list[bytes]:
             raise TooLarge(f"{len(files)} images; at most {max_images} per request")
         images = [f.read() for f in files]
     elif mimetype == "application/json":
-        raw = _body(request)
+        raw = request_body(request)
         try:
             body = ImagesRequest.model_validate_json(raw)
         except ValidationError as exc:

@@ -7,8 +7,9 @@ unexpected, so no response is ever an HTML page or a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from flask import Flask, jsonify
+from flask import Flask, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,29 @@ def error_body(code: str, message: str, status: int) -> dict:
     return {"error": {"code": code, "message": message, "status": status}}
 
 
+def message_body(code: str, message: str, status: int) -> dict:
+    """The standard protocols' error body (Open Inference Protocol, TF Serving): the message."""
+    return {"error": message}
+
+
+# Error bodies by path prefix: each standard protocol answers its own shape, with our statuses.
+BodyFormat = Callable[[str, str, int], dict]
+
+
+def _body_for(formats: dict[str, BodyFormat]) -> Callable[[str, str, int], dict]:
+    if not formats:
+        return error_body
+
+    def body(code: str, message: str, status: int) -> dict:
+        path = request.path if has_request_context() else ""
+        for prefix, fmt in formats.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return fmt(code, message, status)
+        return error_body(code, message, status)
+
+    return body
+
+
 def _body_errors() -> tuple[type[Exception], ...]:
     """Gunicorn's errors for a malformed request body (bad chunk size, missing terminator, body
     cut short). They are raised inside the app, while it reads the body, so they reach our
@@ -80,7 +104,11 @@ def _body_errors() -> tuple[type[Exception], ...]:
     return (ParseException, NoMoreData)
 
 
-def register(app: Flask) -> None:
+def register(app: Flask, formats: dict[str, BodyFormat] | None = None) -> None:
+    """Every error becomes a JSON response; under a prefix of `formats` ("/v2": ...), in that
+    protocol's body."""
+    error_body = _body_for(formats or {})
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return jsonify(error_body(exc.code, exc.message, exc.status)), exc.status

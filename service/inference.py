@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from service import codecs, images
-from service.errors import BadRequest
+from service.errors import BadRequest, TooLarge
 from service.metrics import Metrics
 from service.registry import Model
 
@@ -71,16 +71,50 @@ def describe(model: Model, outputs: dict[str, np.ndarray], metrics: Metrics | No
     return out
 
 
+def check_tensor(model: Model, tensor: np.ndarray, max_batch: int) -> np.ndarray:
+    """A client's already preprocessed input (the standard protocols' FP32 tensors): a float32
+    batch (N, *input_shape), 1 <= N <= max_batch, every value finite."""
+    shape = tuple(tensor.shape)
+    want = (-1, *model.input_shape)
+    if len(shape) != len(want) or shape[1:] != want[1:]:
+        raise BadRequest(
+            f"tensor shape {list(shape)} does not match model {model.name}'s input "
+            f"{list(want)} (the batch first)"
+        )
+    if shape[0] < 1:
+        raise BadRequest("the tensor holds no image (batch size 0)")
+    if shape[0] > max_batch:
+        raise TooLarge(f"{shape[0]} images; at most {max_batch} per request")
+    if tensor.dtype.kind not in "iuf":
+        raise BadRequest(f"tensor values must be numbers, not {tensor.dtype}")
+    batch = np.ascontiguousarray(tensor, dtype=np.float32)
+    if not np.isfinite(batch).all():
+        raise BadRequest("tensor values must be finite (no NaN or infinity)")
+    return batch
+
+
+def infer(
+    model: Model,
+    inputs: list[bytes] | np.ndarray,
+    limits: images.Limits,
+    metrics: Metrics,
+) -> dict[str, np.ndarray]:
+    """The model's outputs (see Model.predict) for encoded images, decoded and preprocessed as
+    the model's metadata says, or for a float32 batch already checked by `check_tensor`."""
+    if isinstance(inputs, np.ndarray):
+        make, size = (lambda: inputs), len(inputs)
+    else:
+        make, size = (lambda: prepare(model, inputs, limits, metrics)), len(inputs)
+    if model.batcher is None:
+        batch = make()
+        return _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
+    # The batching thread decodes and preprocesses too, then records each shared model call.
+    return model.batcher.run(make, size=size)
+
+
 def predict(model: Model, payloads: list[bytes], limits: images.Limits, metrics: Metrics) -> dict:
     """Decode, preprocess and predict every image: the /predict response body."""
-    if model.batcher is None:
-        batch = prepare(model, payloads, limits, metrics)
-        outputs = _timed(metrics, model, "predict", batch, lambda: model.predict(batch))
-    else:
-        # The batching thread decodes and preprocesses too, then records each shared model call.
-        outputs = model.batcher.run(
-            lambda: prepare(model, payloads, limits, metrics), size=len(payloads)
-        )
+    outputs = infer(model, payloads, limits, metrics)
     return {
         "model": model.name,
         "version": str(model.version),

@@ -121,3 +121,145 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# The standard protocols' bodies: the Open Inference Protocol (KServe V2 / Triton HTTP) under /v2,
+# TF Serving's REST API under /v1. Extra fields are allowed where the protocols' clients send them.
+
+
+class V2Error(BaseModel):
+    error: str = Field(description="What went wrong.")
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    version: str | None = None
+    ready: bool
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata] = Field(
+        description="A request carries one of them: `image`, FP32 [-1, *input shape], "
+        "preprocessed as `parameters.preprocessing` says, or `image_bytes`, BYTES [-1], "
+        "encoded image files decoded and preprocessed as on /predict."
+    )
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] | None = None
+
+
+class V2Tensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = Field(
+        default=None,
+        description="Row-major values (flat or nested); absent when "
+        "`parameters.binary_data_size` places them after the JSON header. BYTES in JSON: "
+        "base64 strings or data URLs.",
+    )
+
+
+class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="`binary_data` (bool); `classification` (k): the top k as BYTES "
+        "'score:index:label'.",
+    )
+
+
+class V2InferRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # kserve's client sends model_name too
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_output` (bool): every output in binary."
+    )
+    inputs: list[V2Tensor] = Field(min_length=1, description="One input: `image` or `image_bytes`.")
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[V2Tensor]
+
+
+class TFServingError(BaseModel):
+    error: str
+
+
+class TFServingVersionStatus(BaseModel):
+    version: str
+    state: str
+    status: dict[str, str]
+
+
+class TFServingModelStatus(BaseModel):
+    model_version_status: list[TFServingVersionStatus]
+    name: str = Field(description="KServe V1's model readiness fields, beside TF Serving's.")
+    ready: bool
+
+
+class TFServingMetadata(BaseModel):
+    model_spec: dict[str, Any]
+    metadata: dict[str, Any] = Field(description="`signature_def`, as TF Serving writes it.")
+
+
+class TFServingPredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    signature_name: str | None = None
+    instances: Any = Field(
+        default=None,
+        description="Rows, one per image: a float array of the input shape, or "
+        '{"b64": "<encoded image>"}, optionally named {"image": ...}.',
+    )
+    inputs: Any = Field(default=None, description='Columns: the same list, or {"image": [...]}.')
+
+
+class TFServingPredictResponse(BaseModel):
+    predictions: list[list[float]] | None = None
+    outputs: list[list[float]] | None = None
+
+
+class TFServingClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    signature_name: str | None = None
+    context: dict[str, Any] | None = None
+    examples: list[Any] = Field(
+        min_length=1, description='One per image: {"image": {"b64": ...}} or {"image": [...]}.'
+    )
+
+
+class TFServingClassifyResponse(BaseModel):
+    results: list[list[tuple[str, float]]] = Field(
+        description="Per example, every class and its probability, best first."
+    )

@@ -12,6 +12,7 @@ from service.errors import NotFound, NotReady
 from service.images import Limits
 from service.metrics import Metrics
 from service.registry import Model, Registry
+from service.versions import Versions
 
 
 @dataclass
@@ -22,6 +23,8 @@ class State:
     registry: Registry
     metrics: Metrics
     limits: Limits
+    # Versions other than the served ones, loaded on first use (the standard protocols' routes).
+    versions: Versions | None = None
     # Set on SIGTERM (see gunicorn.conf.py): /readyz answers 503 while in-flight requests finish.
     draining: threading.Event = field(default_factory=threading.Event)
 
@@ -45,3 +48,12 @@ def get_model(name: str) -> Model:
     if model is None:
         raise NotFound(f"no model named {name!r}; available: {sorted(registry.models)}")
     return model
+
+
+def get_version(name: str, version: str | None) -> Model:
+    """The served model, or another complete version of it on disk (`version` as in the URL)."""
+    model = get_model(name)
+    versions = state().versions
+    if version is None or versions is None:
+        return model
+    return versions.get(model, version)
