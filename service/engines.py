@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -25,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from service import metadata
+
 ENGINES = ("litert", "tensorflow")
-METADATA_PATH = Path("assets.extra") / "metadata.json"
 
 
 def read_metadata(model_path: Path) -> dict[str, Any]:
-    return json.loads((Path(model_path) / METADATA_PATH).read_text())
+    """The version's metadata, validated against service/metadata.py's schema."""
+    return metadata.read(model_path)
 
 
 def prediction_outputs(metadata: dict[str, Any]) -> dict[str, str]:

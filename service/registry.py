@@ -22,6 +22,7 @@ import numpy as np
 
 from service import engines
 from service.batching import Batcher
+from service.metadata import METADATA_PATH, MetadataError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _is_complete_version(path: Path) -> bool:
         path.is_dir()
         and _VERSION_NAME.fullmatch(path.name) is not None
         and (path / "saved_model.pb").is_file()
-        and (path / engines.METADATA_PATH).is_file()
+        and (path / METADATA_PATH).is_file()
     )
 
 
@@ -116,8 +117,8 @@ def _is_trial_run(path: Path) -> bool:
     """A smoke run (`--max-batches`) or a `--tuning-split` run: never to be served."""
     try:
         metadata = engines.read_metadata(path)
-    except (OSError, ValueError):
-        return False  # unreadable metadata: loading the version reports it
+    except MetadataError:
+        return False  # loading the version reports it, naming the bad key
     training = metadata.get("training") if isinstance(metadata, dict) else None
     if not isinstance(training, dict):
         return False

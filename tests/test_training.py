@@ -235,7 +235,9 @@ def test_exported_savedmodel_equals_keras(recipe, tmp_path):
     _, fit_embeddings = heads(rng.random((64, *recipe.input_shape), dtype=np.float32))
     k = len(recipe.classes)
     gaussians = fit_gaussians(np.asarray(fit_embeddings), np.arange(64) % k, k)
-    calibrated = export.Calibrated(2.5, gaussians, {"temperature": 2.5}, {"min_confidence": 0.5})
+    calibration = {"method": "temperature scaling", "temperature": 2.5}
+    rule = {"min_confidence": 0.5, "max_distance": 10.0}
+    calibrated = export.Calibrated(2.5, gaussians, calibration, rule)
     target = export.export(model, recipe, tmp_path, 3, {"seed": 0}, evaluation, calibrated)
 
     loaded = tf.saved_model.load(str(target))
@@ -257,8 +259,7 @@ def test_exported_savedmodel_equals_keras(recipe, tmp_path):
     np.testing.assert_allclose(feats["temperature"].numpy(), logits / 2.5, atol=1e-5)
     np.testing.assert_allclose(feats["softmax"].numpy(), probs, atol=1e-6)
     np.testing.assert_allclose(feats["distance"].numpy(), out["distance"].numpy(), rtol=1e-6)
-    assert metadata["calibration"] == {"temperature": 2.5}
-    assert metadata["uncertainty"] == {"min_confidence": 0.5}
+    assert metadata["calibration"] == calibration and metadata["uncertainty"] == rule
     cam = loaded.signatures["gradcam"](image=tf.constant(x), class_index=tf.constant([0] * 5))
     assert cam["heatmap"].shape[0] == 5 and float(tf.reduce_max(cam["heatmap"])) <= 1.0
     assert metadata["name"] == recipe.name and metadata["version"] == 3
@@ -564,7 +565,12 @@ def test_export_without_a_version_takes_the_next_free_one_when_it_writes(tmp_pat
     from training.calibration import FeatureGaussians
 
     gaussians = FeatureGaussians(np.zeros((10, 100), np.float32), np.eye(100, dtype=np.float32))
-    calibrated = export.Calibrated(1.0, gaussians, {}, {})
+    calibrated = export.Calibrated(
+        1.0,
+        gaussians,
+        {"method": "temperature scaling", "temperature": 1.0},
+        {"min_confidence": 0.5, "max_distance": 10.0},
+    )
     target = export.export(model, MNIST, tmp_path, None, {"seed": 0}, {"accuracy": 0.0}, calibrated)
     assert target == model_dir / "2"
     assert json.loads((target / export.METADATA_PATH).read_text())["version"] == 2
@@ -616,3 +622,17 @@ def test_handwriting_variants_draw_on_a_share_of_the_ones_and_sevens_only():
     assert changed[ds.y == 1].sum() == 5 and changed[ds.y == 7].sum() == 5
     assert np.array_equal(out, handwriting_variants(ds.x, ds.y, 0.5, seed=1))  # seeded
     assert (out[changed].astype(int).sum() > ds.x[changed].astype(int).sum()).all()
+
+
+def test_export_refuses_metadata_the_service_would_refuse(tmp_path):
+    """The schema the service loads with (service/metadata.py) is checked before writing."""
+    from service.metadata import MetadataError
+    from training import export
+    from training.calibration import FeatureGaussians
+
+    model = MNIST.build(len(MNIST.classes), MNIST.dropout)
+    gaussians = FeatureGaussians(np.zeros((10, 100), np.float32), np.eye(100, dtype=np.float32))
+    bad = export.Calibrated(1.0, gaussians, {"temperature": 1.0}, {"min_confidence": 2.0})
+    with pytest.raises(MetadataError, match=r"calibration\.method.*uncertainty\.min_confidence"):
+        export.export(model, MNIST, tmp_path, None, {"seed": 0}, {"accuracy": 0.0}, bad)
+    assert not (tmp_path / "mnist" / "1").exists()

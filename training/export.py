@@ -30,11 +30,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from service.metadata import METADATA_PATH, validate
 from training.calibration import FeatureDistance, FeatureGaussians
 from training.recipes import Recipe
 
 METADATA_FORMAT = 2  # 2: calibration, uncertainty and the distance output
-METADATA_PATH = Path("assets.extra") / "metadata.json"
 PREDICT_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "features"
 GRADCAM_SIGNATURE = "gradcam"
@@ -280,6 +280,8 @@ def export(
     chosen = version if version is not None else next_version(model_dir)
     while True:
         metadata["version"] = chosen
+        # The service validates what it loads against the same schema: check it here first.
+        validate(json.loads(json.dumps(metadata)), f"{recipe.name} v{chosen}'s metadata")
         (staging / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + "\n")
         target = model_dir / str(chosen)
         try:
