@@ -44,6 +44,161 @@ def _errors(*codes: str) -> dict:
     return {c: _json(schemas.ErrorResponse, ERRORS[c]) for c in codes}
 
 
+def _protocol_errors(schema: type[BaseModel], *codes: str) -> dict:
+    return {c: _json(schema, ERRORS[c]) for c in codes}
+
+
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "description": "The served version, or another complete version on disk.",
+    "schema": {"type": "string"},
+}
+
+
+def _protocol_paths(model_param: dict) -> dict:
+    """The Open Inference Protocol (/v2) and TF Serving's REST API (/v1): docs/protocols.md."""
+    v2_errors = _protocol_errors(schemas.V2Error, "404", "503")
+    infer_errors = _protocol_errors(schemas.V2Error, "400", "404", "413", "415", "422", "503")
+    infer_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _ref(schemas.V2InferRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Binary tensor data extension: the JSON header "
+                "(Inference-Header-Content-Length bytes), then the raw tensors.",
+            },
+        },
+    }
+    infer_ok = {
+        "description": "Outputs; with binary outputs, the JSON header "
+        "(Inference-Header-Content-Length bytes) and the raw tensors after it.",
+        "content": {
+            "application/json": {"schema": _ref(schemas.V2InferResponse)},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+    paths: dict = {
+        "/v2": {
+            "get": {
+                "summary": "Open Inference Protocol: server metadata and extensions",
+                "responses": {"200": _json(schemas.V2ServerMetadata, "Server.")},
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "Open Inference Protocol: the server is live",
+                "responses": {"200": _json(schemas.V2Live, "Live.")},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "Open Inference Protocol: every model is ready",
+                "responses": {
+                    "200": _json(schemas.V2Ready, "Ready."),
+                    "503": _json(schemas.V2Ready, "Not ready."),
+                },
+            }
+        },
+    }
+    tf_errors = _protocol_errors(schemas.TFServingError, "404", "503")
+    tf_infer_errors = _protocol_errors(
+        schemas.TFServingError, "400", "404", "413", "415", "422", "503"
+    )
+    for base, params in (
+        ("/v2/models/{model}", [model_param]),
+        ("/v2/models/{model}/versions/{version}", [model_param, _VERSION]),
+    ):
+        paths[base] = {
+            "get": {
+                "summary": "Open Inference Protocol: model metadata (inputs, outputs, versions)",
+                "parameters": params,
+                "responses": {"200": _json(schemas.V2ModelMetadata, "Model."), **v2_errors},
+            }
+        }
+        paths[f"{base}/ready"] = {
+            "get": {
+                "summary": "Open Inference Protocol: the model (version) is loaded",
+                "parameters": params,
+                "responses": {"200": _json(schemas.V2ModelReady, "Ready."), **v2_errors},
+            }
+        }
+        paths[f"{base}/infer"] = {
+            "post": {
+                "summary": "Open Inference Protocol: probabilities for an FP32 tensor or "
+                "BYTES of encoded images",
+                "parameters": params,
+                "requestBody": infer_body,
+                "responses": {"200": infer_ok, **infer_errors},
+            }
+        }
+    for base, params in (
+        ("/v1/models/{model}", [model_param]),
+        ("/v1/models/{model}/versions/{version}", [model_param, _VERSION]),
+    ):
+        paths[base] = {
+            "get": {
+                "summary": "TF Serving: model version status",
+                "parameters": params,
+                "responses": {"200": _json(schemas.TFServingModelStatus, "Status."), **tf_errors},
+            }
+        }
+        paths[f"{base}/metadata"] = {
+            "get": {
+                "summary": "TF Serving: signature_def metadata",
+                "parameters": params,
+                "responses": {"200": _json(schemas.TFServingMetadata, "Metadata."), **tf_errors},
+            }
+        }
+        for verb, request, response, summary in (
+            (
+                "predict",
+                schemas.TFServingPredictRequest,
+                schemas.TFServingPredictResponse,
+                "probabilities for rows (instances) or columns (inputs)",
+            ),
+            (
+                "classify",
+                schemas.TFServingClassifyRequest,
+                schemas.TFServingClassifyResponse,
+                "every class and its probability, best first",
+            ),
+        ):
+            paths[f"{base}:{verb}"] = {
+                "post": {
+                    "summary": f"TF Serving: {summary}",
+                    "parameters": params,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(request)}},
+                    },
+                    "responses": {"200": _json(response, "Results."), **tf_infer_errors},
+                }
+            }
+    return paths
+
+
+PROTOCOL_SCHEMAS = (
+    schemas.V2Error,
+    schemas.V2Live,
+    schemas.V2Ready,
+    schemas.V2ModelReady,
+    schemas.V2ServerMetadata,
+    schemas.V2ModelMetadata,
+    schemas.V2InferRequest,
+    schemas.V2InferResponse,
+    schemas.TFServingError,
+    schemas.TFServingModelStatus,
+    schemas.TFServingMetadata,
+    schemas.TFServingPredictRequest,
+    schemas.TFServingPredictResponse,
+    schemas.TFServingClassifyRequest,
+    schemas.TFServingClassifyResponse,
+)
+
+
 def _image_body(batch: bool) -> dict:
     binary = {"type": "string", "format": "binary"}
     field = {"type": "array", "items": binary} if batch else binary
@@ -159,6 +314,7 @@ def build_openapi(model_names: list[str]) -> dict:
             }
         },
     }
+    paths.update(_protocol_paths(model_param))
     components: dict = {}
     for model in (
         schemas.ImagesRequest,
@@ -168,6 +324,7 @@ def build_openapi(model_names: list[str]) -> dict:
         schemas.ModelList,
         schemas.Health,
         schemas.ErrorResponse,
+        *PROTOCOL_SCHEMAS,
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
         components.update(schema.pop("$defs", {}))
