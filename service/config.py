@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from service.engines import ENGINES
+from service.engines import ENGINES, default_cache
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Settings:
     # litert: a LiteRT engine converted from each SavedModel at start (fast, small workers);
     # tensorflow: the SavedModel's signatures through TensorFlow. See service/engines.py.
     engine: str = "litert"
-    engine_cache: Path = Path("/tmp/convnet-engines")
+    engine_cache: Path = field(default_factory=default_cache)  # private to this user
     tf_threads: int = 1  # inference threads per worker: workers x threads ~ cores
     # Adaptive batching of /predict calls inside a worker (see service/batching.py and README).
     batching: bool = False

@@ -13,11 +13,14 @@ route loads the SavedModel with TensorFlow on its first call, in the worker that
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -137,13 +140,40 @@ def convert(model_path: Path, out: Path) -> None:
     os.replace(tmp, out)  # atomic: a reader never sees half a file
 
 
+def default_cache() -> Path:
+    """This user's own folder under the temporary directory: a shared one (/tmp/convnet-engines)
+    would let another local user plant an engine file the workers load."""
+    return Path(tempfile.gettempdir()) / f"convnet-engines-{os.getuid()}"
+
+
+def check_cache(cache_dir: Path) -> None:
+    """Create the cache folder private (0700) when missing; refuse one that someone other than
+    this user (or root) owns or can write to, or that is a symbolic link."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.exists() and not cache_dir.is_symlink():
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            cache_dir.mkdir(mode=0o700)
+    st = os.lstat(cache_dir)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise RuntimeError(f"engine cache {cache_dir} is not a plain folder: refusing to use it")
+    if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
+        raise RuntimeError(
+            f"engine cache {cache_dir} is owned by uid {st.st_uid} with mode "
+            f"{stat.S_IMODE(st.st_mode):o}: others could write engine files the workers load. "
+            "Use a folder of your own (CONVNET_ENGINE_CACHE), not writable by group or others."
+        )
+
+
 def prepare(model_paths: dict[str, Path], cache_dir: Path, timeout: float = 600) -> dict[str, Path]:
     """The engine file of every model, converting (in a subprocess) those not yet cached."""
+    if Path(cache_dir).exists() or Path(cache_dir).is_symlink():
+        check_cache(cache_dir)  # before trusting a file in it
     targets = {name: engine_path(path, cache_dir) for name, path in model_paths.items()}
     missing = {name: t for name, t in targets.items() if not t.exists()}
     if not missing:  # all cached: nothing to write (the cache may sit on a read-only filesystem)
         return targets
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    check_cache(cache_dir)
     with open(Path(cache_dir) / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time, across processes
         # Another process may have converted some meanwhile. One subprocess converts the rest:

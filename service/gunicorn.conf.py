@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from service.config import Settings, usable_cores
 
@@ -77,8 +78,11 @@ def on_starting(server):
     # worker imports prometheus_client.
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
-        shutil.rmtree(path, ignore_errors=True)
+        # The operator's folder: only prometheus-client's own files go (a last run's values),
+        # never the folder or anything else in it.
         os.makedirs(path, exist_ok=True)
+        for stale in Path(path).glob("*.db"):
+            stale.unlink(missing_ok=True)
     else:
         path = tempfile.mkdtemp(prefix="convnet-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path

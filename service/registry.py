@@ -191,7 +191,7 @@ class Registry:
 
     models_dir: Path
     engine: str = "litert"
-    engine_cache: Path = Path("/tmp/convnet-engines")
+    engine_cache: Path = field(default_factory=engines.default_cache)
     threads: int = 1
     models: dict[str, Model] = field(default_factory=dict)
     ready: threading.Event = field(default_factory=threading.Event)

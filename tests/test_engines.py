@@ -74,3 +74,23 @@ def test_a_failed_conversion_says_why(tmp_path):
     (broken / "saved_model.pb").write_bytes(b"not a protobuf")
     with pytest.raises(RuntimeError, match=r"to LiteRT failed .*Cannot parse file"):
         engines.prepare({"mnist": broken}, tmp_path / "cache")
+
+
+def test_the_engine_cache_is_private_and_a_shared_one_is_refused(tmp_path):
+    """A cache others can write to would let them plant the engine a worker loads."""
+    import os
+    import stat
+
+    fresh = tmp_path / "cache"
+    engines.check_cache(fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert engines.default_cache().name == f"convnet-engines-{os.getuid()}"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(RuntimeError, match="others could write"):
+        engines.prepare(MODELS, shared)
+    link = tmp_path / "link"
+    link.symlink_to(fresh)
+    with pytest.raises(RuntimeError, match="not a plain folder"):
+        engines.check_cache(link)

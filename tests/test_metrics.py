@@ -278,6 +278,9 @@ def test_metrics_dir_is_wiped_on_start(tmp_path):
     stale = tmp_path / "metrics" / "counter_999999.db"
     stale.parent.mkdir()
     stale.write_bytes(b"\x00" * 64)
+    # The operator's own files in the folder stay: only prometheus-client's are removed.
+    theirs = tmp_path / "metrics" / "notes.txt"
+    theirs.write_text("keep me")
     srv = GunicornServer(tmp=tmp_path, workers=1)
     try:
         srv.start(wait_ready=False)
@@ -289,6 +292,7 @@ def test_metrics_dir_is_wiped_on_start(tmp_path):
     finally:
         srv.stop()
     assert not Path(stale).exists()
+    assert theirs.read_text() == "keep me"
 
 
 def test_a_metrics_dir_the_config_made_up_is_removed_at_exit(tmp_path):

@@ -207,8 +207,11 @@ function buildLayers(model) {
     fig.id = `layer-${row.name}`;
     const cap = document.createElement("figcaption");
     const title = document.createElement("h3");
-    title.innerHTML = `${row.name} <span class="type"></span>`;
-    title.querySelector(".type").textContent = `${row.type} · ${shape.join("×")}`;
+    // Text from the metadata goes in as text, never as HTML.
+    const kind = document.createElement("span");
+    kind.className = "type";
+    kind.textContent = `${row.type} · ${shape.join("×")}`;
+    title.append(`${row.name} `, kind);
     const details = document.createElement("span");
     details.className = "details";
     details.textContent = describe(row);
@@ -352,10 +355,13 @@ function bars(classes, label) {
   const ol = document.createElement("ol");
   ol.className = "bars";
   ol.setAttribute("aria-label", label);
+  const span = (name, text = "") => Object.assign(document.createElement("span"), { className: name, textContent: text });
   for (const cls of classes) {
     const li = document.createElement("li");
     li.dataset.class = cls;
-    li.innerHTML = '<span class="label"></span><span class="track"><span class="fill"></span></span><span class="pct">–</span>';
+    const track = span("track");
+    track.append(span("fill"));
+    li.append(span("label"), track, span("pct", "–"));
     li.querySelector(".label").textContent = cls;
     li.querySelector(".track").setAttribute("aria-hidden", "true");
     ol.append(li);
