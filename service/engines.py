@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.metadata
 import os
 import stat
 import subprocess
@@ -111,9 +112,19 @@ class LiteRTEngine:
         return self._run("features", batch)
 
 
+def converter_versions() -> str:
+    """The versions of what makes and runs an engine file (TensorFlow's converter, LiteRT), read
+    from the installed packages' metadata: an upgrade of either must not reuse old engines."""
+    found = []
+    for package in ("tensorflow-cpu", "tensorflow", "ai-edge-litert"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{package}=={importlib.metadata.version(package)}")
+    return ";".join(found)
+
+
 def engine_key(model_path: Path) -> str:
-    """Changes whenever the SavedModel's graph or weights change."""
-    h = hashlib.sha256()
+    """Changes whenever the SavedModel's graph or weights change, or the converter's version."""
+    h = hashlib.sha256(converter_versions().encode())
     for f in sorted(Path(model_path).rglob("*")):
         if f.is_file() and f.parts[-2] != "report":
             h.update(f.relative_to(model_path).as_posix().encode())

@@ -37,11 +37,28 @@ def test_litert_engine_matches_the_savedmodel(name, engine_files):
             np.testing.assert_allclose(got[row["name"]], want[row["name"]], atol=1e-5 * scale)
 
 
-def test_engine_cache_is_keyed_by_the_savedmodel(tmp_path, engine_files):
+def test_engine_cache_is_keyed_by_the_savedmodel(tmp_path, engine_files, monkeypatch):
     name = sorted(MODELS)[0]
+    before = engine_files[name].stat()
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the engine was cached")
+
+    monkeypatch.setattr(engines.subprocess, "run", no_conversion)
     again = engines.prepare({name: MODELS[name]}, engine_files[name].parent)
-    assert again[name] == engine_files[name]  # cached: same file, no second conversion
+    assert again[name] == engine_files[name]
+    after = engine_files[name].stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert engines.engine_key(MODELS[name]) in engine_files[name].name
+
+
+def test_engine_key_changes_with_the_converter_version(monkeypatch):
+    """An upgraded TensorFlow or LiteRT converts again instead of loading a stale engine."""
+    name = sorted(MODELS)[0]
+    key = engines.engine_key(MODELS[name])
+    assert "ai-edge-litert==" in engines.converter_versions()
+    monkeypatch.setattr(engines, "converter_versions", lambda: "tensorflow==99.0")
+    assert engines.engine_key(MODELS[name]) != key
 
 
 def test_prepare_engines_command_uses_the_cache(engine_files):
