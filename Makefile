@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml setup.py service/_digit.c  # the C extension 
 	$(VENV)/bin/python -m pip install -e ".[dev]"
 	touch $@
 
-.PHONY: install serve test lint
+.PHONY: install serve test test-fast lint
 install: $(VENV)/.installed
 
 serve: install
@@ -18,7 +18,11 @@ serve: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=25
+
+# The quick loop while editing: everything but the tests marked slow.
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow" -q
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,17 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "service" / "gunicorn.conf.py"
 MODELS_DIR = Path(os.environ.get("CONVNET_TEST_MODELS_DIR", ROOT / "models"))
+_ENGINE_CACHE: list[Path] = []
+
+
+def session_engine_cache() -> Path:
+    """One engine cache per test session (made on first use, private, removed at exit): no
+    engine converted by an earlier checkout or run is ever loaded by a test server."""
+    if not _ENGINE_CACHE:
+        path = Path(tempfile.mkdtemp(prefix="convnet-test-engines-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _ENGINE_CACHE.append(path)
+    return _ENGINE_CACHE[0]
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
@@ -64,7 +77,13 @@ class GunicornServer:
 
     def start(self, wait_ready: bool = True, timeout: float = 90) -> GunicornServer:
         env = {
-            **os.environ,
+            # The shell's own service settings stay out: a test server runs what the test says.
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("GUNICORN_", "CONVNET_", "PROMETHEUS_"))
+            },
+            "CONVNET_ENGINE_CACHE": str(session_engine_cache()),
             "GUNICORN_BIND": f"127.0.0.1:{self.port}",
             "GUNICORN_WORKERS": str(self.workers),
             **({"GUNICORN_THREADS": str(self.threads)} if self.threads else {}),
