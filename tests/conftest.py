@@ -25,18 +25,23 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _skipped.append((report.nodeid, reason))
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def _unexpected_skips() -> list[tuple[str, str]]:
     if not os.environ.get("CI"):
-        return
-    unexpected = [
-        (node, reason)
-        for node, reason in _skipped
-        if not any(allowed in reason for allowed in ALLOWED_SKIPS)
-    ]
-    if unexpected:
-        lines = "\n".join(f"  {node}: {reason}" for node, reason in unexpected)
-        print(f"\nCI=1: {len(unexpected)} skip(s) not on tests/conftest.py's allowlist:\n{lines}")
+        return []
+    return [(n, r) for n, r in _skipped if not any(allowed in r for allowed in ALLOWED_SKIPS)]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unexpected_skips():
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    unexpected = _unexpected_skips()
+    if unexpected:
+        terminalreporter.section("skips CI does not allow (tests/conftest.py)", red=True)
+        for node, reason in unexpected:
+            terminalreporter.line(f"{node}: {reason}")
 
 
 def _require_models() -> None:
