@@ -47,11 +47,15 @@ def _setup():
 
 
 def check(data: bytes, _state: list = []) -> None:  # noqa: B006 (a lazily set module cache)
-    """The property: ApiError or a well-formed model input, for both preprocessing policies."""
+    """The property: ApiError or a well-formed model input, for each model's preprocessing."""
     if not _state:
         _state.extend(_setup())
     images, api_error, limits = _state
-    spec = SPECS[len(data) % len(SPECS)]
+    for spec in SPECS:  # every input through every model's preprocessing
+        _check_one(images, api_error, limits, data, spec)
+
+
+def _check_one(images, api_error, limits, data: bytes, spec: dict) -> None:
     try:
         arr = images.load(data, spec, limits)
     except api_error as exc:

@@ -64,10 +64,35 @@ def test_atheris_finds_nothing_in_a_bounded_run(tmp_path):
 
 
 def test_past_findings_stay_fixed():
-    """Every file in fuzz/regressions/ (a finding, kept as is) is answered properly now."""
-    for path in sorted(REGRESSIONS.glob("*")):
-        if path.suffix != ".md":
-            check(path.read_bytes())
+    """Every file in fuzz/regressions/ (a finding or an edge, kept as is) is answered properly
+    now, and the folder holds what fuzz/make_regressions.py writes."""
+    files = sorted(p for p in REGRESSIONS.glob("*") if p.suffix != ".md")
+    assert len(files) >= 10, (
+        f"fuzz/regressions/ holds {len(files)} inputs: the replay tests nothing"
+    )
+    spec = importlib.util.spec_from_file_location(
+        "make_regressions", ROOT / "fuzz" / "make_regressions.py"
+    )
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    for name, data in maker.files().items():
+        assert (REGRESSIONS / name).read_bytes() == data, f"{name} differs from its generator"
+    for path in files:
+        check(path.read_bytes())
+
+
+def test_tight_digit_crops_keep_their_ink():
+    """The issue-28 finding: a tight two-level crop must not become an all-black input."""
+    import numpy as np
+
+    from service import images
+    from service.engines import read_metadata
+    from service.registry import find_versions
+
+    spec = read_metadata(find_versions(ROOT / "models")["mnist"])["preprocessing"]
+    for name in ("digit_two_level_tight_crop.png", "digit_tight_crop_white_on_black.png"):
+        arr = images.load((REGRESSIONS / name).read_bytes(), spec, images.Limits())
+        assert np.asarray(arr).max() > 0.5, name
 
 
 def test_every_seed_is_answered():
