@@ -13,9 +13,11 @@ import fcntl
 import gzip
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -366,6 +368,26 @@ def test_a_bytes_request_decodes_at_most_its_pixel_budget(server):
     assert r.status_code == 413 and "error" in r.json(), r.text
 
 
+def test_hostile_files_get_the_native_apis_status_through_both_protocols(client, server):
+    """tests/hostile_corpus.py's files (bombs, truncated, corrupt, foreign formats) as V2 BYTES
+    through tritonclient and as TF Serving b64: the status /predict gives, fast, never a 5xx."""
+    from tests import hostile_corpus
+    from tests.test_hostile_input import REQUEST_BOUND
+
+    for p in hostile_corpus.payloads():
+        started = time.perf_counter()
+        with pytest.raises(InferenceServerException) as exc:
+            client.infer("mnist", [bytes_input(p.data)])
+        assert exc.value.status() == str(p.status), (p.kind, exc.value.message())
+        r = requests.post(
+            f"{server.url}/v1/models/mnist:predict",
+            json={"instances": [{"b64": b64(p.data)}]},
+            timeout=30,
+        )
+        assert r.status_code == p.status and isinstance(r.json()["error"], str), (p.kind, r.text)
+        assert time.perf_counter() - started < 2 * REQUEST_BOUND, p.kind
+
+
 # --- TF Serving REST API --------------------------------------------------------------------------
 
 
@@ -504,3 +526,27 @@ def test_kserve_rest_client_v2_and_v1(server, tmp_path):
     np.testing.assert_array_equal(np.float32(v1["tensor"]), expected)
     status, message = v1["bad_shape"]
     assert status == 400 and "does not match" in message
+
+
+def test_the_snippets_in_docs_protocols_md_run(server, tmp_path):
+    """docs/protocols.md's client snippets, run as written against this server."""
+    (tmp_path / "digit.png").write_bytes(DIGIT)
+    text = (ROOT / "docs" / "protocols.md").read_text()
+    snippets = re.findall(r"```(python|sh)\n(.*?)```", text, re.S)
+    assert [lang for lang, _ in snippets] == ["python", "python", "sh"]
+    host = server.url.removeprefix("http://")
+    for lang, code in snippets:
+        code = code.replace("localhost:8000", host)
+        if lang == "sh":
+            command = ["bash", "-c", code]
+        elif "kserve" in code:
+            command = [str(kserve_venv() / "bin" / "python"), "-c", code]
+        else:
+            command = [sys.executable, "-c", code]
+        done = subprocess.run(
+            command, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, (code, done.stderr[-2000:])
+        assert done.stdout.strip(), code
+        if lang == "sh":
+            assert np.argmax(json.loads(done.stdout)["predictions"][0]) == 7
