@@ -59,11 +59,16 @@ def photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
 def with_orientation(img: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
     """An image whose pixels are stored rotated, with the EXIF tag that undoes it (like a phone)."""
     # Orientation tag value -> the transform the camera applied to the stored pixels.
+    t = Image.Transpose
     stored = {
         1: img,
-        3: img.transpose(Image.Transpose.ROTATE_180),
-        6: img.transpose(Image.Transpose.ROTATE_90),  # viewer rotates 90 clockwise to show
-        8: img.transpose(Image.Transpose.ROTATE_270),
+        2: img.transpose(t.FLIP_LEFT_RIGHT),  # mirrored
+        3: img.transpose(t.ROTATE_180),
+        4: img.transpose(t.FLIP_TOP_BOTTOM),  # mirrored
+        5: img.transpose(t.TRANSPOSE),  # mirrored
+        6: img.transpose(t.ROTATE_90),  # viewer rotates 90 clockwise to show
+        7: img.transpose(t.TRANSVERSE),  # mirrored
+        8: img.transpose(t.ROTATE_270),
     }[orientation]
     exif = Image.Exif()
     exif[0x0112] = orientation
