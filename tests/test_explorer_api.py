@@ -258,7 +258,31 @@ def test_gradcam_for_a_chosen_class_and_json_encoding(server, models):
         assert got["heatmap"]["encoding"] == "json"
         maps[cls] = np.array(got["heatmap"]["data"], dtype=np.float32)
         assert list(maps[cls].shape) == got["heatmap"]["shape"]
-    assert maps[classes[0]].shape == maps[classes[1]].shape
+    # Each class has its own evidence: the two maps differ somewhere by a visible amount.
+    assert float(np.abs(maps[classes[0]] - maps[classes[1]]).max()) > 0.1
+
+
+@pytest.mark.parametrize("model", ["scenes", "mnist"])
+def test_gradcam_values_are_the_savedmodels_own(server, models, model):
+    """The served heat map equals the SavedModel's `gradcam` signature on the same input."""
+    import tensorflow as tf
+
+    from service.registry import find_versions
+    from tests.server import MODELS_DIR
+
+    m = models[model]
+    cls = m["classes"][1]
+    r = post(server, f"/gradcam/{model}", sample_for(model), encoding="base64", **{"class": cls})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    path = find_versions(MODELS_DIR)[model]
+    assert path.name == m["version"]
+    signature = tf.saved_model.load(str(path)).signatures[m["signatures"]["gradcam"]["name"]]
+    want = signature(
+        image=tf.constant(decode(body["input"])[None]),
+        class_index=tf.constant([m["classes"].index(cls)], tf.int32),
+    )["heatmap"].numpy()[0]
+    np.testing.assert_allclose(decode(body["heatmap"]), want, atol=1e-5)
 
 
 def test_gradcam_errors(server):
