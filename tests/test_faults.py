@@ -570,6 +570,23 @@ def test_worker_recycling_under_load_fails_no_request(tmp_path):
     assert set(others) <= ARCHIVES, others
 
 
+def newest_version(model_dir: Path) -> Path:
+    return max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def model_info(url: str) -> dict[str, set[str]]:
+    """{model: versions} that convnet_model_info reports with the value 1."""
+    found: dict[str, set[str]] = {}
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("convnet_model_info{") and line.endswith(" 1.0"):
+            labels = dict(
+                part.split("=", 1)
+                for part in line[line.index("{") + 1 : line.index("}")].split(",")
+            )
+            found.setdefault(labels["model"].strip('"'), set()).add(labels["version"].strip('"'))
+    return found
+
+
 def test_replacement_workers_serve_the_pinned_version_until_a_reload(tmp_path):
     """Workers recycled while a new version is being exported, or after it is complete, serve the
     version the master started with: no 503 from a half-written SavedModel, no two versions
@@ -584,27 +601,32 @@ def test_replacement_workers_serve_the_pinned_version_until_a_reload(tmp_path):
             r.json()["version"] if r.status_code == 200 else r.status_code for r in answers
         )
 
+    served = newest_version(models / "mnist")
+    old, new = str(served.name), str(int(served.name) + 1)
     with gunicorn(tmp_path, workers=1, env=env) as srv:
-        partial = models / "mnist" / "4"  # what an export or a copy under way looks like
+        partial = models / "mnist" / new  # what an export or a copy under way looks like
         partial.mkdir()
-        shutil.copy(models / "mnist" / "3" / "saved_model.pb", partial)
+        shutil.copy(served / "saved_model.pb", partial)
         during = versions(srv, 20)  # 20 requests: 4 recycles
         shutil.rmtree(partial)
-        shutil.copytree(models / "mnist" / "3", partial)
+        shutil.copytree(served, partial)
         meta_path = partial / "assets.extra" / "metadata.json"
-        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": 4}))
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": int(new)}))
         complete = versions(srv, 20)
         srv.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
-        while versions(srv, 1) != Counter({"4": 1}):
+        while versions(srv, 1) != Counter({new: 1}):
             assert time.monotonic() < deadline, srv.log()[-3000:]
             time.sleep(0.2)
         reloaded = versions(srv, 10)
+        info = model_info(srv.url)
         log = srv.log()
     print(f"\nrecycled: during export {dict(during)}, after {dict(complete)}; HUP {dict(reloaded)}")
     assert log.count("Autorestarting worker") >= 6
-    assert during == complete == Counter({"3": 20})
-    assert reloaded == Counter({"4": 10})
+    assert during == complete == Counter({old: 20})
+    assert reloaded == Counter({new: 10})
+    # convnet_model_info names what is served now, not what was served before the reload.
+    assert info["mnist"] == {new}, info
 
 
 def test_a_reload_keeps_serving_a_model_whose_new_version_cannot_be_converted(tmp_path):
@@ -612,11 +634,13 @@ def test_a_reload_keeps_serving_a_model_whose_new_version_cannot_be_converted(tm
     since Gunicorn stops the old workers as soon as the new ones start."""
     models = tmp_path / "models"
     shutil.copytree(MODELS_DIR, models)
+    served = newest_version(models / "mnist")
+    new = int(served.name) + 1
     with gunicorn(tmp_path, workers=1, env={"CONVNET_MODELS_DIR": str(models)}) as srv:
-        broken = models / "mnist" / "4"
-        shutil.copytree(models / "mnist" / "3", broken)
+        broken = models / "mnist" / str(new)
+        shutil.copytree(served, broken)
         meta_path = broken / "assets.extra" / "metadata.json"
-        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": 4}))
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": new}))
         (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
         first = set(srv.worker_pids())
         srv.proc.send_signal(signal.SIGHUP)
@@ -626,8 +650,10 @@ def test_a_reload_keeps_serving_a_model_whose_new_version_cannot_be_converted(tm
             time.sleep(0.2)
         answers = [predict(srv.url) for _ in range(10)]
         log = srv.log()
-    assert [(r.status_code, r.json().get("version")) for r in answers] == [(200, "3")] * 10, log
-    assert "keeping" in log and "mnist/4" in log, log[-3000:]
+    assert [(r.status_code, r.json().get("version")) for r in answers] == [
+        (200, served.name)
+    ] * 10, log
+    assert "keeping" in log and f"mnist/{new}" in log, log[-3000:]
 
 
 # --- (e) soak ---------------------------------------------------------------------------------
