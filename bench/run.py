@@ -46,6 +46,9 @@ wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_MIME")
+for name, value in (os.getenv("BENCH_HEADERS") or ""):gmatch("([^:\\n]+): ([^\\n]*)") do
+  wrk.headers[name] = value
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -78,6 +81,11 @@ SERVICE_CASES = [
     Case("service", "/predict/scenes", "photo1024.jpg", "image/jpeg"),
     Case("service", "/predict/scenes", "phone12mp.jpg", "image/jpeg"),
     Case("service", "/features/mnist?encoding=base64", "digit28.png", "image/png"),
+    # The standard protocols (docs/protocols.md), the same digit: V2 with binary tensors (as
+    # tritonclient sends them), encoded and preprocessed; TF Serving with base64.
+    Case("service", "/v2/models/mnist/infer", "digit28.v2bytes", "application/octet-stream"),
+    Case("service", "/v2/models/mnist/infer", "digit28.v2fp32", "application/octet-stream"),
+    Case("service", "/v1/models/mnist:predict", "digit28.tfserving.json", "application/json"),
 ]
 BASELINE_CASES = [
     Case("hello", "/predict/mnist", "digit28.png", "image/png"),
@@ -125,6 +133,12 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _headers(body: Path) -> dict[str, str]:
+    """The extra headers a body needs ("Name: value" lines in <body>.headers), for wrk."""
+    sidecar = body.with_name(body.name + ".headers")
+    return {"BENCH_HEADERS": sidecar.read_text()} if sidecar.exists() else {}
+
+
 def run_wrk(url: str, body: Path, mime: str, connections: int, duration: int, script: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
@@ -141,7 +155,7 @@ def run_wrk(url: str, body: Path, mime: str, connections: int, duration: int, sc
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "BENCH_BODY": str(body), "BENCH_MIME": mime},
+        env={**os.environ, "BENCH_BODY": str(body), "BENCH_MIME": mime, **_headers(body)},
         timeout=duration + 60,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

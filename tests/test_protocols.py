@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.config import Settings
 from tests import corpus
+from tests.test_bench import needs_wrk, run_bench
 from tests.test_metrics import delta, scrape
 
 pytestmark = pytest.mark.server
@@ -550,3 +551,17 @@ def test_the_snippets_in_docs_protocols_md_run(server, tmp_path):
         assert done.stdout.strip(), code
         if lang == "sh":
             assert np.argmax(json.loads(done.stdout)["predictions"][0]) == 7
+
+
+@needs_wrk
+def test_bench_drives_the_protocol_cells(tmp_path):
+    """bench.run's V2 (BYTES and FP32, binary) and TF Serving cells: every request answered."""
+    rows, _ = run_bench(tmp_path, "--concurrency", "2", "--only", "service", "--path", "/v")
+    assert {(r["path"], r["body"]) for r in rows} == {
+        ("/v2/models/mnist/infer", "digit28.v2bytes"),
+        ("/v2/models/mnist/infer", "digit28.v2fp32"),
+        ("/v1/models/mnist:predict", "digit28.tfserving.json"),
+    }
+    for row in rows:
+        assert row["errors"] == 0 and row["rps"] > 0, row
+        assert row["model_us"] > 0, row  # the model ran: the stage histograms moved
