@@ -132,7 +132,7 @@ def bytes_tensor(
     if count > max_elements:
         raise TooLarge(f"{count} images; at most {max_elements} per request")
     if raw is not None:
-        items = split_bytes_elements(raw, name)
+        items = split_bytes_elements(raw, name, count)
     elif data is None:
         raise BadRequest(f"input {name!r} has neither 'data' nor binary_data_size")
     else:
@@ -163,10 +163,14 @@ def _flatten(data: Any) -> list:
     return out
 
 
-def split_bytes_elements(raw: memoryview, name: str) -> list[bytes]:
+def split_bytes_elements(raw: memoryview, name: str, count: int) -> list[bytes]:
+    """The `count` length-prefixed elements of `raw`; more or fewer is an error (a body of
+    millions of empty elements is refused after `count`, not split into a list first)."""
     items = []
     offset, end = 0, len(raw)
     while offset < end:
+        if len(items) == count:
+            raise BadRequest(f"input {name!r}: more BYTES elements than its shape holds ({count})")
         if offset + 4 > end:
             raise BadRequest(f"input {name!r}: a BYTES element's 4-byte length is cut short")
         (length,) = struct.unpack_from("<I", raw, offset)

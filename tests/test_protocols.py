@@ -325,6 +325,22 @@ def test_malformed_v2_requests_get_a_json_error_and_the_right_4xx(server):
             ),
             400,
         ),
+        # A million empty elements for a shape of one: refused after the second, not split.
+        (
+            *binary_body(
+                {"inputs": [{**one, "parameters": {"binary_data_size": 4 * 10**6}}]},
+                bytes(4 * 10**6),
+            ),
+            400,
+        ),
+        # A batch past the limit: 413 before its data is read.
+        (
+            json.dumps(
+                {"inputs": [{"name": "image", "datatype": "FP32", "shape": [10**9, 32, 32, 1]}]}
+            ).encode(),
+            {},
+            413,
+        ),
         (b"{}", {"Inference-Header-Content-Length": "99"}, 400),
         (b"{}", {"Inference-Header-Content-Length": "-1"}, 400),
         (b"{}", {"Inference-Header-Content-Length": "two"}, 400),

@@ -131,6 +131,8 @@ def _inputs(m: Model, req: V2InferRequest, binary: memoryview, max_batch: int):
     size = (tensor.parameters or {}).get("binary_data_size")
     raw = section.take(size, tensor.name) if size is not None else None
     section.check_consumed()
+    if tensor.shape and tensor.shape[0] > max_batch:  # refused before any data is read
+        raise TooLarge(f"{tensor.shape[0]} images; at most {max_batch} per request")
     if want == "BYTES":
         return tensors.bytes_tensor(tensor.name, tensor.shape, tensor.data, raw, max_batch)
     array = tensors.fp32_tensor(tensor.name, tensor.shape, tensor.data, raw)
