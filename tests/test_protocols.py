@@ -581,3 +581,39 @@ def test_bench_drives_the_protocol_cells(tmp_path):
     for row in rows:
         assert row["errors"] == 0 and row["rps"] > 0, row
         assert row["model_us"] > 0, row  # the model ran: the stage histograms moved
+
+
+def test_with_batching_on_the_protocols_share_the_batcher_and_its_answers():
+    """In process, batching on: tensors and images go through the same batcher as /predict."""
+    from service.app import create_app
+    from tests.server import MODELS_DIR
+
+    app = create_app(models_dir=MODELS_DIR, load_in_background=False, batching=True)
+    client = app.test_client()
+    expected = client.post("/predict/mnist", data=DIGIT, headers={"Content-Type": "image/png"})
+    expected = list(expected.json["predictions"][0]["probabilities"].values())
+    body = {
+        "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [b64(DIGIT)]}]
+    }
+    r = client.post("/v2/models/mnist/infer", json=body)
+    assert r.status_code == 200 and r.json["outputs"][0]["data"] == expected, r.json
+    features = client.post(
+        "/features/mnist?encoding=base64&layers=relu1",
+        data=DIGIT,
+        headers={"Content-Type": "image/png"},
+    )
+    tensor = np.frombuffer(base64.b64decode(features.json["input"]["data"]), "<f4")
+    body = {
+        "inputs": [
+            {"name": "image", "datatype": "FP32", "shape": [1, 32, 32, 1], "data": tensor.tolist()}
+        ]
+    }
+    r = client.post("/v2/models/mnist/infer", json=body)
+    assert r.status_code == 200 and r.json["outputs"][0]["data"] == expected, r.json
+    r = client.post("/v1/models/mnist:predict", json={"instances": [{"b64": b64(DIGIT)}]})
+    assert r.json["predictions"] == [expected]
+    registry = app.extensions["convnet"].metrics.registry
+    calls = registry.get_sample_value(
+        "convnet_inference_batch_size_count", {"model": "mnist", "signature": "predict"}
+    )
+    assert calls and calls >= 4  # every call went through the batcher's recorder
