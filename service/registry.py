@@ -22,7 +22,7 @@ import numpy as np
 
 from service import engines
 from service.batching import Batcher
-from service.metadata import METADATA_PATH, MetadataError
+from service.metadata import METADATA_PATH
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,10 @@ def _is_complete_version(path: Path) -> bool:
 
 def _is_trial_run(path: Path) -> bool:
     """A smoke run (`--max-batches`) or a `--tuning-split` run: never to be served."""
-    try:
-        metadata = engines.read_metadata(path)
-    except MetadataError:
-        return False  # loading the version reports it, naming the bad key
+    try:  # only the trial flags, not the schema: loading the version reports a bad key
+        metadata = json.loads((path / METADATA_PATH).read_text())
+    except (OSError, ValueError):
+        return False
     training = metadata.get("training") if isinstance(metadata, dict) else None
     if not isinstance(training, dict):
         return False
