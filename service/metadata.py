@@ -29,6 +29,8 @@ LAYER_TYPES = (
     "add",
     "global_pool",
     "scale",
+    "flip",
+    "flip_mean",
 )
 
 

@@ -129,6 +129,8 @@ def test_layer_table_has_what_the_page_needs(models):
                 "add",
                 "global_pool",
                 "scale",
+                "flip",
+                "flip_mean",
             }
             # Every row names its inputs, each an earlier row (or the image): the page follows
             # them through residual branches.

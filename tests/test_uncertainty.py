@@ -69,10 +69,14 @@ def test_model_info_shows_the_calibration_and_the_rule(info, model):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_clear_samples_are_right_and_not_uncertain(server, model):
+def test_samples_are_right_or_flagged(server, model):
+    """The explorer's held-out samples: never a wrong answer given as sure; most right and sure."""
+    sure_and_right = 0
     for label, body in samples(model):
         p = predict(server, model, body)
-        assert p["label"] == label and p["uncertain"] is False, (label, p)
+        assert p["label"] == label or p["uncertain"] is True, (label, p)
+        sure_and_right += p["label"] == label and p["uncertain"] is False
+    assert sure_and_right >= 0.75 * len(samples(model))
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -118,3 +118,25 @@ def mnist_teacher(num_classes: int = 10) -> keras.Model:
     32x32x1 -> 16@32x32 (x2) -> pool -> 32@16x16 (x2) -> pool -> 256 -> 10 logits.
     """
     return _vgg("mnist_teacher", (32, 32, 1), (16, 32), num_classes, 0.3, softmax=False)
+
+
+class FlipBatch(layers.Layer):
+    """The batch followed by its horizontal mirror images: (N, H, W, C) -> (2N, H, W, C).
+    Test-time augmentation inside the served graph (export.flip_averaged)."""
+
+    def call(self, images):
+        return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class FlipMean(layers.Layer):
+    """The mean of each image's row and its mirror image's: (2N, D) -> (N, D)."""
+
+    def call(self, rows):
+        n = keras.ops.shape(rows)[0] // 2
+        return (rows[:n] + rows[n:]) / 2
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

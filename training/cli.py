@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from training import checkpoint, export, report
     from training.data import DataError
     from training.recipes import RECIPES
-    from training.train import calibrate, train
+    from training.train import calibrate, evaluate_held_out, train
 
     recipe = RECIPES[args.model]
     if args.dropout is not None:
@@ -143,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None:
         checkpoint.save(result, args.checkpoint)
         print(f"checkpoint saved to {args.checkpoint}", flush=True)
+    if recipe.flip_average:
+        plain = result.evaluation["accuracy"]
+        result = dataclasses.replace(result, model=export.flip_averaged(result.model))
+        evaluation = evaluate_held_out(
+            result.model, recipe, args.data_dir, args.seed, args.max_batches, args.tuning_split
+        )
+        evaluation["test_time_augmentation"] = "the mean of the image's and its mirror's logits"
+        evaluation["accuracy_without_flip_average"] = plain
+        result = dataclasses.replace(result, evaluation=evaluation)
+        print(f"flip averaging: {plain:.4%} -> {evaluation['accuracy']:.4%}", flush=True)
     print("calibrating on the held-out split", flush=True)
     calibrated = calibrate(
         result.model, recipe, args.data_dir, args.seed, args.max_batches, args.tuning_split

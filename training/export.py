@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from service.metadata import METADATA_PATH, validate
+from training.architectures import FlipBatch, FlipMean
 from training.calibration import FeatureDistance, FeatureGaussians
 from training.recipes import Recipe
 
@@ -50,6 +51,8 @@ _LAYER_TYPES = {
     keras.layers.Add: "add",
     keras.layers.GlobalAveragePooling2D: "global_pool",
     keras.layers.Rescaling: "scale",
+    FlipBatch: "flip",
+    FlipMean: "flip_mean",
 }
 DISTANCE_OUTPUT = "distance"
 
@@ -141,6 +144,34 @@ def logits_and_embedding(model: keras.Model) -> tuple[keras.layers.Layer, keras.
     return logits, before[-1]
 
 
+def flip_averaged(model: keras.Model) -> keras.Model:
+    """Test-time flip averaging in the graph: the network runs on each image and its mirror image
+    (`flip`), averages the two embeddings (`flip_mean`) and classifies the mean; the class layer
+    being linear, that is the mean of the two logits. Every layer keeps its name and weights."""
+    logits, embedding = logits_and_embedding(model)
+    backbone = keras.Model(model.inputs, embedding.output)
+    image = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="image")
+    inbound = _inbound(backbone)
+    # The backbone replayed on the doubled batch with copies of its layers (same names, same
+    # weights): a layer object called twice would have two outputs, and no single `/features` row.
+    tensors = {backbone.inputs[0].name: FlipBatch(name="flip")(image)}
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        sources = [tensors[name] for name in inbound[layer.name]]
+        copy = layer.__class__.from_config(layer.get_config())
+        tensors[layer.name] = copy(sources if len(sources) > 1 else sources[0])
+        copy.set_weights(layer.get_weights())
+    mean = FlipMean(name="flip_mean")(tensors[embedding.name])
+    head = [logits, model.layers[-1]]  # the class layer and the softmax, copied the same way
+    x = mean
+    for layer in head:
+        copy = layer.__class__.from_config(layer.get_config())
+        x = copy(x)
+        copy.set_weights(layer.get_weights())
+    return keras.Model(image, x, name=model.name)
+
+
 def served_model(
     model: keras.Model, temperature: float, gaussians: FeatureGaussians
 ) -> keras.Model:
@@ -165,6 +196,10 @@ def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
             maps, logits, probs = grad_model(image, training=False)
             score = tf.gather(logits, class_index, batch_dims=1)
         grads = tape.gradient(score, maps)
+        # With flip averaging the maps hold each image and then its mirror image: the map of the
+        # image as sent is the first N.
+        n = tf.shape(logits)[0]
+        maps, grads = maps[:n], grads[:n]
         weights = tf.reduce_mean(grads, axis=(1, 2))
         cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", maps, weights))
         cam = cam / (tf.reduce_max(cam, axis=(1, 2), keepdims=True) + 1e-12)

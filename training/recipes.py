@@ -46,6 +46,9 @@ class Recipe:
     distill_temperature: float = 4.0
     distill_alpha: float = 0.5  # weight of the labels' loss; 1 - alpha on the teacher's
     val_fraction: float = 0.1
+    # Serve the mean of the logits of each image and its mirror image (export.flip_averaged):
+    # test-time augmentation inside the exported graph, at twice the cost of a call.
+    flip_average: bool = False
     # Accuracy the `uncertain` flag aims for among the predictions it leaves unflagged, on the
     # held-out split (training/calibration.py).
     target_accuracy_unflagged: float = 0.97
@@ -130,6 +133,8 @@ SCENES = Recipe(
     label_smoothing=0.1,
     # Pad-and-crop (+-4 px, reflected), horizontal flips and one 11x11 cutout square per image.
     augment={"flip": 1.0, "translation": 0.125, "cutout": 11},
+    # Measured on the held-out split: 90.78 % without, 91.89 % with (docs/training.md).
+    flip_average=True,
 )
 
 RECIPES = {r.name: r for r in (MNIST, SCENES)}

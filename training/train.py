@@ -434,3 +434,25 @@ def calibrate(
         val_logits, val_embeddings, ds.y[val_idx], gaussians, recipe.target_accuracy_unflagged, seed
     )
     return Calibrated(temperature, gaussians, calib, uncertainty)
+
+
+def evaluate_held_out(
+    model: keras.Model,
+    recipe: Recipe,
+    data_dir: Path,
+    seed: int,
+    max_batches: int | None = None,
+    tuning_split: bool = False,
+) -> dict:
+    """evaluate() on the same held-out split as train(): for the network as exported, when it
+    differs from the one trained (flip averaging)."""
+    ds = recipe.load(data_dir)
+    if tuning_split:
+        ds = data.training_part(ds, recipe.val_fraction, seed)
+    _, val_idx = split(recipe, ds, seed, max_batches)
+    evaluation = evaluate(
+        model, _scale(ds.x[val_idx], recipe).numpy(), ds.y[val_idx], recipe.classes
+    )
+    if tuning_split:
+        evaluation["split"] = "tuning"
+    return evaluation
