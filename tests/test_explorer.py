@@ -350,9 +350,12 @@ def test_normalisation_switch_repaints(page, server):
 def test_scenes_shows_gradcam_and_its_layers(page, server):
     model = open_explorer(page, server.url, "scenes")
     click_sample(page, "scenes", "cat")
-    assert page.locator("#layer-conv1 .map").count() == 32
-    assert page.locator("#layer-bn1 .map").count() == 32
-    assert page.locator("#layer-conv6 .map").count() == 128
+    # Every spatial layer shows one map per channel, the residual additions included.
+    for row in model["layers"]:
+        if len(row["output_shape"]) == 3:
+            maps = page.locator(f"#layer-{row['name']} .map").count()
+            assert maps == row["output_shape"][2], row["name"]
+    assert page.locator("#layer-b3_2_add .map").count() == 128
     assert page.locator("#bars li").count() == len(model["classes"])
 
     fig = page.locator("#gradcam-fig")
