@@ -109,6 +109,9 @@ TARGETS = {
         "app": "bench.ablations:service_without('preprocess', 'metrics')",
         "env": {},
     },
+    # The same service on the versions served before the current ones (PREVIOUS_VERSIONS): the
+    # cost of a new model, measured in the same run.
+    "service+previous-models": {"app": None, "env": {"CONVNET_MODELS_DIR": "<previous>"}},
     # The service before service/_digit.c: digit normalisation in numpy (the reference).
     "service+python-digit": {"app": "bench.ablations:service_with_python_digit()", "env": {}},
     "hello": {"app": "bench.baselines:hello()", "env": {}},
@@ -119,6 +122,18 @@ TARGETS = {
     "signature": {"app": "bench.baselines:signature()", "env": {}},
     "keras": {"app": "bench.baselines:keras_predict()", "env": {}},
 }
+
+
+PREVIOUS_VERSIONS = {"mnist": "3", "scenes": "2"}
+
+
+def previous_models(tmp: Path) -> Path:
+    """A models folder holding only PREVIOUS_VERSIONS (links into models/)."""
+    folder = tmp / "previous-models"
+    for name, version in PREVIOUS_VERSIONS.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / version).symlink_to(ROOT / "models" / name / version)
+    return folder
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -270,7 +285,12 @@ def run_target(
     spec = TARGETS[target]
     with contextlib.ExitStack() as running:
         started = time.monotonic()
-        server = GunicornServer(tmp=tmp, workers=args.workers, app=spec["app"], env=spec["env"])
+        env = dict(spec["env"])
+        if env.get("CONVNET_MODELS_DIR") == "<previous>":
+            env["CONVNET_MODELS_DIR"] = str(
+                previous_models(tmp / f"{target}-{time.monotonic_ns()}")
+            )
+        server = GunicornServer(tmp=tmp, workers=args.workers, app=spec["app"], env=env)
         running.callback(server.stop)  # also when the start itself fails
         server.start(timeout=120)
         ready_s = time.monotonic() - started
