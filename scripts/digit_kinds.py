@@ -66,6 +66,7 @@ def slanted(d: np.ndarray, shear: float = 0.3) -> np.ndarray:
     )
 
 
+SPECIAL: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
 KINDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "plain (white on black, 28x28)": lambda d: d,
     "dark ink on white paper": on_paper,
@@ -100,9 +101,21 @@ def main() -> None:
     digits = [ds.x[i, 2:30, 2:30, 0] for i in picks]  # the 28x28 MNIST digit
     labels = ds.y[picks]
     limits = images.Limits()
+    # The continental 1 and the crossed 7, drawn on held-out 1s and 7s the way training draws
+    # them (train.handwriting_variants, another seed): a check of the drawing, not an
+    # independent set of such digits.
+    from training.train import handwriting_variants
+
+    for label in (1, 7):
+        ones = val[ds.y[val] == label][: args.count // 5]
+        drawn = handwriting_variants(ds.x[ones], ds.y[ones], 1.0, seed=SEED + 100)
+        kind = {1: "continental 1 (drawn)", 7: "crossed 7 (drawn)"}[label]
+        SPECIAL[kind] = ([d[2:30, 2:30, 0] for d in drawn], ds.y[ones])
     table = {}
     print(f"mnist v{model.version}: accuracy per kind ({args.count} held-out digits each)")
-    for kind, make in KINDS.items():
+    kinds = [(k, make, digits, labels) for k, make in KINDS.items()]
+    kinds += [(k, on_paper, d, y) for k, (d, y) in SPECIAL.items()]
+    for kind, make, digits, labels in kinds:
         batch = np.stack([images.load(png(make(d)), model.preprocessing, limits) for d in digits])
         rows = inference.describe(model, model.predict(batch), None)
         predicted = np.array([int(r["label"]) for r in rows])

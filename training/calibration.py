@@ -172,6 +172,18 @@ def choose_min_confidence(
     return float(conf[i])
 
 
+def _threshold(
+    probs: np.ndarray, correct: np.ndarray, keep: np.ndarray, target: float, min_flagged: float
+) -> float:
+    confidence = probs.max(axis=1)
+    by_accuracy = choose_min_confidence(confidence, correct, keep, target)
+    return (
+        max(by_accuracy, float(np.quantile(confidence, min_flagged)))
+        if min_flagged
+        else by_accuracy
+    )
+
+
 def _rule_figures(
     probs: np.ndarray, distance: np.ndarray, labels: np.ndarray, min_conf: float, max_dist: float
 ) -> dict[str, float]:
@@ -194,8 +206,11 @@ def calibrate(
     gaussians: FeatureGaussians,
     target_accuracy: float,
     seed: int,
+    min_flagged: float = 0.0,
 ) -> tuple[float, dict[str, Any], dict[str, Any]]:
-    """Temperature, and the `calibration` and `uncertainty` sections of the metadata."""
+    """Temperature, and the `calibration` and `uncertainty` sections of the metadata.
+    `min_flagged`: flag at least that share of the held-out images by confidence, even where
+    the accuracy target allows fewer (a stricter threshold, for images of none of the classes)."""
     labels = val_labels.astype(np.int64)
     distance = gaussians.distance(val_embeddings)
     temperature = fit_temperature(val_logits, labels)
@@ -203,7 +218,7 @@ def calibrate(
     probs = softmax(val_logits / temperature)
     keep = distance <= max_distance
     correct = probs.argmax(axis=1) == labels
-    min_confidence = choose_min_confidence(probs.max(axis=1), correct, keep, target_accuracy)
+    min_confidence = _threshold(probs, correct, keep, target_accuracy, min_flagged)
 
     # Cross-fitted figures: two seeded halves, each scored with what the other half chose.
     half = np.random.default_rng(seed).permutation(len(labels)) % 2 == 0
@@ -214,11 +229,12 @@ def calibrate(
         crossed[score] = softmax(val_logits[score] / t)
         d_max = float(np.quantile(distance[fit], DISTANCE_QUANTILE))
         p_fit = softmax(val_logits[fit] / t)
-        c_min = choose_min_confidence(
-            p_fit.max(axis=1),
+        c_min = _threshold(
+            p_fit,
             p_fit.argmax(axis=1) == labels[fit],
             distance[fit] <= d_max,
             target_accuracy,
+            min_flagged,
         )
         crossed_flag_inputs.append((score, c_min, d_max))
     flagged = np.zeros(len(labels), bool)
@@ -249,6 +265,7 @@ def calibrate(
         "distance": "Mahalanobis distance of the embedding to the nearest class mean "
         "(shared covariance, fitted on the training images)",
         "target_accuracy_unflagged": target_accuracy,
+        "min_flagged": min_flagged,
         "distance_quantile": DISTANCE_QUANTILE,
         "validation": {
             "coverage": float((~flagged).mean()),

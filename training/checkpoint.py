@@ -71,7 +71,14 @@ def load(folder: Path, recipe: Recipe) -> TrainResult:
     try:
         figures = json.loads((folder / RESULT_FILE).read_text())
         # The model's own layers only; safe_mode refuses Lambda layers' pickled code.
-        model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+        saved = keras.saving.load_model(folder / MODEL_FILE, compile=False)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{folder}: not a readable checkpoint ({exc})") from exc
+    # The recipe's architecture, freshly built, with the saved weights: a Sequential rebuilt by
+    # load_model has layer outputs of another graph than its inputs', which export cannot trace.
+    model = recipe.build(len(recipe.classes), recipe.dropout)
+    try:
+        model.set_weights(saved.get_weights())
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}: not the {recipe.name} recipe's network ({exc})") from exc
     return TrainResult(model=model, **figures)

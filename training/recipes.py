@@ -52,6 +52,10 @@ class Recipe:
     # Accuracy the `uncertain` flag aims for among the predictions it leaves unflagged, on the
     # held-out split (training/calibration.py).
     target_accuracy_unflagged: float = 0.97
+    # At least this share of the held-out images flagged by confidence: a stricter threshold
+    # than the accuracy target asks, chosen on scripts/out_of_scope.py's report (noise, photos
+    # sent to a digit model), never on the held-out accuracy.
+    min_flagged: float = 0.0
 
 
 MNIST_CLASSES = [str(d) for d in range(10)]
@@ -100,6 +104,10 @@ MNIST = Recipe(
         "clean_fraction": 0.5,
     },
     target_accuracy_unflagged=0.998,
+    # mnist v5, made robust to strokes and slants, is also surer of noise and photos: at the
+    # accuracy target alone it flagged 71 % of noise images and 82 % of photos; flagging 4 % of
+    # the held-out digits (v4's share) flags all the noise and 93 % of the photos.
+    min_flagged=0.04,
 )
 
 SCENES = Recipe(

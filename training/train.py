@@ -431,7 +431,13 @@ def calibrate(
     gaussians = calibration.fit_gaussians(train_embeddings, ds.y[train_idx], len(recipe.classes))
     val_logits, val_embeddings = run(val_idx)
     temperature, calib, uncertainty = calibration.calibrate(
-        val_logits, val_embeddings, ds.y[val_idx], gaussians, recipe.target_accuracy_unflagged, seed
+        val_logits,
+        val_embeddings,
+        ds.y[val_idx],
+        gaussians,
+        recipe.target_accuracy_unflagged,
+        seed,
+        recipe.min_flagged,
     )
     return Calibrated(temperature, gaussians, calib, uncertainty)
 
