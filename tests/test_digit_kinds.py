@@ -16,12 +16,12 @@ import requests
 from PIL import Image
 
 from service import images
-from tests.server import ROOT
+from service.engines import read_metadata
+from service.registry import find_versions
+from tests.server import MODELS_DIR, ROOT
 
 SAMPLES = ROOT / "service" / "explorer" / "samples"
-SPEC = json.loads((ROOT / "models" / "mnist" / "4" / "assets.extra" / "metadata.json").read_text())[
-    "preprocessing"
-]
+SPEC = read_metadata(find_versions(MODELS_DIR)["mnist"])["preprocessing"]
 
 
 def digits() -> list[tuple[str, np.ndarray]]:
