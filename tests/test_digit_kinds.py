@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from service import images
 from service.engines import read_metadata
@@ -51,6 +51,24 @@ KINDS = {
         Image.fromarray(on_paper(d)).resize((16, 16), Image.Resampling.BOX)
     ),
     "faint ink on white": lambda d: on_paper(d, ink=130),
+    "thick marker": lambda d: on_paper(
+        np.asarray(Image.fromarray(d).filter(ImageFilter.MaxFilter(3)))
+    ),
+    "thin pen": lambda d: on_paper(
+        np.asarray(
+            Image.fromarray(d)
+            .resize((56, 56), Image.Resampling.BILINEAR)
+            .filter(ImageFilter.MinFilter(3))
+            .resize((28, 28), Image.Resampling.BOX)
+        )
+    ),
+    "slanted": lambda d: on_paper(
+        np.asarray(
+            Image.fromarray(d).transform(
+                (28, 28), Image.Transform.AFFINE, (1, 0.3, -4.2, 0, 1, 0), Image.Resampling.BILINEAR
+            )
+        )
+    ),
 }
 
 
