@@ -273,8 +273,13 @@ def test_the_report_renders_a_real_run(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and " us |" in ln]
-    # hello's one request, the service's digit and its /features, each at 1 and 2 clients.
-    assert len(table) == 6, proc.stdout
+    # hello's one request and each service case with the digit (/predict, /features and the
+    # standard protocols' routes), each at 1 and 2 clients.
+    from bench.run import SERVICE_CASES
+
+    digit_cases = [c for c in SERVICE_CASES if "28" in c.body]
+    assert len(digit_cases) >= 5
+    assert len(table) == 2 * (1 + len(digit_cases)), proc.stdout
     assert "| `/predict/mnist`, one 28x28 PNG, 16 clients |" not in proc.stdout  # no c=16 cell
     assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
