@@ -123,11 +123,13 @@ def test_a_forked_child_writes_its_own_files(tmp_path):
     value.inc(1)
     child = os.fork()
     if child == 0:  # pragma: no cover (the child)
+        status = 1  # a failure in the child is its exit status, which the parent checks
         try:
             value.inc(5)
+            status = 0
         finally:
-            os._exit(0)
-    assert os.waitpid(child, 0)[1] == 0
+            os._exit(status)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0, "the child's inc failed"
     value.inc(1)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, str(tmp_path))

@@ -97,13 +97,20 @@ def _send(sock: socket.socket) -> None:
 
 def _read_answer(sock: socket.socket) -> bytes:
     """The headers of a whole 200 answer that keeps the connection alive."""
-    answer = b""
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:  # closed: without this check the loops below would spin forever
+            raise ConnectionError(f"the server closed mid-answer after {answer + body!r}")
+        return chunk
+
+    answer = body = b""
     while b"\r\n\r\n" not in answer:
-        answer += sock.recv(65536)
+        answer += more()
     header, body = answer.split(b"\r\n\r\n", 1)
     length = int(header.lower().split(b"content-length:")[1].split(b"\r\n")[0])
     while len(body) < length:
-        body += sock.recv(65536)
+        body += more()
     return header
 
 
