@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import requests
 
+from service.metadata import LAYER_TYPES
+
 pytestmark = pytest.mark.server
 
 SAMPLES = Path(__file__).resolve().parents[1] / "service" / "explorer" / "samples"
@@ -118,20 +120,7 @@ def test_layer_table_has_what_the_page_needs(models):
         assert m["layers"][-1]["output_shape"] == [len(m["classes"])]
         shapes = {m["input"]["name"]: m["input"]["shape"]}
         for row in m["layers"]:
-            assert row["type"] in {
-                "conv",
-                "batchnorm",
-                "relu",
-                "pool",
-                "flatten",
-                "dense",
-                "softmax",
-                "add",
-                "global_pool",
-                "scale",
-                "flip",
-                "flip_mean",
-            }
+            assert row["type"] in LAYER_TYPES  # the schema's: the page draws each
             # Every row names its inputs, each an earlier row (or the image): the page follows
             # them through residual branches.
             assert row["inputs"] and all(n in shapes for n in row["inputs"]), row

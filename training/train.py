@@ -406,6 +406,17 @@ def train(
     return TrainResult(model=model, history=hist, evaluation=evaluation, training=training)
 
 
+def _same_split(
+    recipe: Recipe, data_dir: Path, seed: int, max_batches: int | None, tuning_split: bool
+) -> tuple[data.Dataset, np.ndarray, np.ndarray]:
+    """The data and the (train, held-out) indices train() used with the same arguments."""
+    ds = recipe.load(data_dir)
+    if tuning_split:
+        ds = data.training_part(ds, recipe.val_fraction, seed)
+    train_idx, val_idx = split(recipe, ds, seed, max_batches)
+    return ds, train_idx, val_idx
+
+
 def calibrate(
     model: keras.Model,
     recipe: Recipe,
@@ -416,10 +427,7 @@ def calibrate(
 ) -> Calibrated:
     """Fit the temperature and the `uncertain` rule (training/calibration.py): the feature
     Gaussians on the training images, the rest on the held-out ones, the same split as train()."""
-    ds = recipe.load(data_dir)
-    if tuning_split:
-        ds = data.training_part(ds, recipe.val_fraction, seed)
-    train_idx, val_idx = split(recipe, ds, seed, max_batches)
+    ds, train_idx, val_idx = _same_split(recipe, data_dir, seed, max_batches, tuning_split)
     logits_layer, embedding_layer = logits_and_embedding(model)
     heads = keras.Model(model.inputs, [logits_layer.output, embedding_layer.output])
 
@@ -452,10 +460,7 @@ def evaluate_held_out(
 ) -> dict:
     """evaluate() on the same held-out split as train(): for the network as exported, when it
     differs from the one trained (flip averaging)."""
-    ds = recipe.load(data_dir)
-    if tuning_split:
-        ds = data.training_part(ds, recipe.val_fraction, seed)
-    _, val_idx = split(recipe, ds, seed, max_batches)
+    ds, _, val_idx = _same_split(recipe, data_dir, seed, max_batches, tuning_split)
     evaluation = evaluate(
         model, _scale(ds.x[val_idx], recipe).numpy(), ds.y[val_idx], recipe.classes
     )
