@@ -117,6 +117,40 @@ def test_counts_are_exact_across_workers(server):
     assert {dict(lbls)["model"] for n, lbls in after if n == "convnet_model_info"} == SERVED_MODELS
 
 
+def test_concurrent_counts_are_exact_and_both_workers_served_part(server):
+    """The exactness above means something only if the requests were spread over the workers:
+    each worker's own metric file (prometheus-client's per-pid file) must hold some of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.mmap_dict import MmapedDict
+
+    def mine(pid: int) -> float:
+        path = server.metrics_dir / f"counter_{pid}.db"
+        if not path.exists():
+            return 0.0
+        return sum(
+            value
+            for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path))
+            if '"convnet_http_requests_total"' in key and '"status": "200"' in key
+        )
+
+    pids = server.worker_pids()
+    assert len(pids) == 2
+    before = scrape(server.url)
+    own_before = {pid: mine(pid) for pid in pids}
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(
+                lambda _: post(server.url, "/predict/mnist", DIGIT_PNG, "image/png"), range(80)
+            )
+        )
+    assert codes == [200] * 80
+    after = scrape(server.url)
+    assert delta(before, after, "convnet_http_requests_total", model="mnist", status="200") == 80
+    served = {pid: mine(pid) - own_before[pid] for pid in pids}
+    assert sum(served.values()) == 80 and all(n > 0 for n in served.values()), served
+
+
 def test_stage_histograms_resolve_a_lenet_call(server):
     # A LeNet call takes some 20-60 us: buckets starting at 0.5 ms put every call in the first
     # one, and the dashboard's p99 would read the same whatever the model did.
