@@ -29,6 +29,8 @@ ERRORS = {
     "415": "Unsupported Content-Type or image format.",
     "422": "Not a decodable image.",
     "503": "Models still loading.",
+    "405": "Method not allowed on this route (the Allow header lists those that are).",
+    "431": "Request headers too large (refused by Gunicorn before the route).",
 }
 
 
@@ -203,6 +205,8 @@ def _image_body(batch: bool) -> dict:
     binary = {"type": "string", "format": "binary"}
     field = {"type": "array", "items": binary} if batch else binary
     content = {t: {"schema": binary} for t in IMAGE_TYPES}
+    # Any other type is sniffed from the file's bytes, as for an image/* one.
+    content["application/octet-stream"] = {"schema": binary}
     content["multipart/form-data"] = {
         "schema": {"type": "object", "properties": {"image": field}, "required": ["image"]}
     }
@@ -315,6 +319,19 @@ def build_openapi(model_names: list[str]) -> dict:
         },
     }
     paths.update(_protocol_paths(model_param))
+    for path, ops in paths.items():
+        # A protocol route answers a wrong method in its protocol's error body; Gunicorn answers
+        # 431 before any route, in the service's own.
+        wrong_method = (
+            schemas.V2Error
+            if path.startswith("/v2")
+            else schemas.TFServingError
+            if path.startswith("/v1")
+            else schemas.ErrorResponse
+        )
+        for op in ops.values():
+            op["responses"].setdefault("405", _json(wrong_method, ERRORS["405"]))
+            op["responses"].setdefault("431", _json(schemas.ErrorResponse, ERRORS["431"]))
     components: dict = {}
     for model in (
         schemas.ImagesRequest,
