@@ -192,7 +192,11 @@ def output_tensor(
     name: str, values: np.ndarray | list[bytes], shape: list[int], binary: bool
 ) -> tuple[dict, bytes | None]:
     """One V2 output: its JSON object, and its raw bytes when sent in binary."""
-    if isinstance(values, np.ndarray):
+    if isinstance(values, np.ndarray) and values.dtype == np.bool_:
+        datatype = "BOOL"  # one byte per element in binary, as Triton sends it
+        raw = values.astype(np.uint8).tobytes() if binary else None
+        data = None if binary else values.ravel().tolist()
+    elif isinstance(values, np.ndarray):
         datatype = "FP32"
         values = np.ascontiguousarray(values, dtype="<f4")
         raw = values.tobytes() if binary else None

@@ -118,8 +118,40 @@ def test_model_metadata_describes_inputs_outputs_and_versions(
     assert inputs["image"] == {"name": "image", "datatype": "FP32", "shape": [-1, *shape]}
     assert inputs["image_bytes"] == {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}
     assert meta["outputs"] == [
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+        {"name": "uncertain", "datatype": "BOOL", "shape": [-1]},
     ]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_uncertain_output_is_the_native_flag(client, server, binary):
+    """The `uncertain` flag as a BOOL output, on request: the same as /predict's per image."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(buf, format="PNG")
+    blank = buf.getvalue()
+    images = [DIGIT, blank]
+    outputs = [
+        triton.InferRequestedOutput("probabilities", binary_data=binary),
+        triton.InferRequestedOutput("uncertain", binary_data=binary),
+    ]
+    result = client.infer("mnist", [bytes_input(*images, binary=binary)], outputs=outputs)
+    flags = result.as_numpy("uncertain")
+    assert flags.dtype == np.bool_ and flags.shape == (2,)
+    native = [
+        requests.post(
+            f"{server.url}/predict/mnist",
+            data=image,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        ).json()["predictions"][0]["uncertain"]
+        for image in images
+    ]
+    assert flags.tolist() == native and native[1] is True  # a blank image is flagged
+    np.testing.assert_array_equal(result.as_numpy("probabilities"), predict(server, *images))
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

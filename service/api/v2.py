@@ -14,6 +14,7 @@ from __future__ import annotations
 import zlib
 from importlib import metadata as package_metadata
 
+import numpy as np
 import orjson
 from flask import Blueprint, Response, jsonify, request
 
@@ -27,6 +28,8 @@ PREFIX = "/v2"
 bp = Blueprint("v2", __name__, url_prefix=PREFIX)
 
 IMAGE, IMAGE_BYTES, PROBABILITIES = "image", "image_bytes", "probabilities"
+# BOOL [-1]: the native API's `uncertain` flag per image, on request, for models with the rule.
+UNCERTAIN = "uncertain"
 INPUTS = {IMAGE: "FP32", IMAGE_BYTES: "BYTES"}
 EXTENSIONS = ["binary_tensor_data", "classification"]
 PLATFORM = "tensorflow_savedmodel"
@@ -68,7 +71,14 @@ def model_metadata(model: Model, versions: list[int]) -> dict:
             {"name": IMAGE, "datatype": "FP32", "shape": shape},
             {"name": IMAGE_BYTES, "datatype": "BYTES", "shape": [-1]},
         ],
-        "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(model.classes)]}],
+        "outputs": [
+            {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(model.classes)]},
+            *(
+                [{"name": UNCERTAIN, "datatype": "BOOL", "shape": [-1]}]
+                if model.uncertainty
+                else []
+            ),
+        ],
         "parameters": {
             "version": str(model.version),
             "classes": model.classes,
@@ -105,12 +115,14 @@ def infer(model: str, version: str | None = None):
     )
     header, binary = tensors.split_body(body, req.headers.get(tensors.HEADER_LENGTH))
     parsed = tensors.parse_json(V2InferRequest, header, "inference request")
-    outputs = _requested_outputs(parsed)  # checked before the model runs
+    outputs = _requested_outputs(m, parsed)  # checked before the model runs
     inputs = _inputs(m, parsed, binary, s.settings.max_batch)
     s.metrics.child(s.metrics.images, req.url_rule.rule, m.name).observe(len(inputs))
     result = inference.infer(m, inputs, s.limits, s.metrics)
-    inference.describe(m, result, s.metrics)  # counted by class and confidence, as on /predict
-    return _response(m, parsed, outputs, result["probabilities"])
+    # Counted by class and confidence, as on /predict; its `uncertain` flags, the same as there.
+    described = inference.describe(m, result, s.metrics)
+    flags = np.array([bool(d["uncertain"]) for d in described])
+    return _response(m, parsed, outputs, result["probabilities"], flags)
 
 
 def _inputs(m: Model, req: V2InferRequest, binary: memoryview, max_batch: int):
@@ -139,17 +151,19 @@ def _inputs(m: Model, req: V2InferRequest, binary: memoryview, max_batch: int):
     return inference.check_tensor(m, array, max_batch)
 
 
-def _requested_outputs(req: V2InferRequest) -> list[tuple[str, bool, int]]:
-    """(name, binary, classification k) of each requested output; all when none is named."""
+def _requested_outputs(m: Model, req: V2InferRequest) -> list[tuple[str, bool, int]]:
+    """(name, binary, classification k) of each requested output; the probabilities when none
+    is named."""
     default = (req.parameters or {}).get("binary_data_output", False)
     if not isinstance(default, bool):
         raise BadRequest("parameter binary_data_output must be true or false")
     if not req.outputs:
         return [(PROBABILITIES, default, 0)]
     out = []
+    known = [PROBABILITIES, *([UNCERTAIN] if m.uncertainty else [])]
     for o in req.outputs:
-        if o.name != PROBABILITIES:
-            raise BadRequest(f"unknown output {o.name!r}; the output is {PROBABILITIES!r}")
+        if o.name not in known:
+            raise BadRequest(f"unknown output {o.name!r}; the outputs are {known}")
         params = o.parameters or {}
         binary = params.get("binary_data", default)
         k = params.get("classification", 0)
@@ -157,18 +171,22 @@ def _requested_outputs(req: V2InferRequest) -> list[tuple[str, bool, int]]:
             raise BadRequest(f"output {o.name!r}: binary_data must be true or false")
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise BadRequest(f"output {o.name!r}: classification must be a whole number >= 0")
+        if k and o.name != PROBABILITIES:
+            raise BadRequest(f"output {o.name!r}: classification applies to {PROBABILITIES!r}")
         out.append((o.name, binary, k))
     return out
 
 
-def _response(m: Model, req: V2InferRequest, outputs, probabilities) -> Response:
+def _response(m: Model, req: V2InferRequest, outputs, probabilities, flags) -> Response:
     body: dict = {"model_name": m.name, "model_version": str(m.version)}
     if req.id is not None:
         body["id"] = req.id
     body["outputs"] = []
     blobs = []
     for name, binary, k in outputs:
-        if k:
+        if name == UNCERTAIN:
+            values, shape = flags, [len(flags)]
+        elif k:
             values, shape = tensors.classification(probabilities, m.classes, k)
         else:
             values, shape = probabilities, list(probabilities.shape)
