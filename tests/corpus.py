@@ -19,6 +19,11 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+def png(arr) -> bytes:
+    """A uint8 array (greyscale or RGB) as a PNG file."""
+    return encode(Image.fromarray(arr), "PNG")
+
+
 def digit(value: int = 7, size: int = 280, ink: str = "black", paper: str = "white") -> Image.Image:
     """A hand-drawn-looking digit: thick strokes, dark ink on white paper by default."""
     img = Image.new("RGB", (size, size), paper)

@@ -7,7 +7,6 @@ scripts/digit_kinds.py measures each kind on 1,000 held-out digits (README, Mode
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image, ImageFilter
 from service import images
 from service.engines import read_metadata
 from service.registry import find_versions
+from tests import corpus
 from tests.server import MODELS_DIR, ROOT
 
 SAMPLES = ROOT / "service" / "explorer" / "samples"
@@ -72,17 +72,11 @@ KINDS = {
 }
 
 
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_normalises_like_the_plain_digit(kind):
     for label, d in digits():
-        plain = images.load(png(d), SPEC, images.Limits())
-        got = images.load(png(KINDS[kind](d)), SPEC, images.Limits())
+        plain = images.load(corpus.png(d), SPEC, images.Limits())
+        got = images.load(corpus.png(KINDS[kind](d)), SPEC, images.Limits())
         assert got.max() > 0.5, f"{kind} {label}: the ink was lost"
         r = np.corrcoef(plain.ravel(), got.ravel())[0, 1]
         assert r > 0.5, (kind, label, r)  # binarising and 16 px cost detail, not the shape
@@ -94,7 +88,7 @@ def test_each_kind_is_recognised_by_the_live_server(server, kind):
     for label, d in digits():
         r = requests.post(
             f"{server.url}/predict/mnist",
-            data=png(KINDS[kind](d)),
+            data=corpus.png(KINDS[kind](d)),
             headers={"Content-Type": "image/png"},
             timeout=30,
         )

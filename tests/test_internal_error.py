@@ -3,22 +3,14 @@ goes on serving."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
+from tests import corpus
 from tests.server import GunicornServer
 
 pytestmark = pytest.mark.server
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def counted(url: str, status: str) -> float:
@@ -33,8 +25,8 @@ def counted(url: str, status: str) -> float:
 
 
 def test_an_engine_failure_is_a_counted_json_500_and_the_worker_lives(tmp_path):
-    white = png(np.full((32, 32, 3), 255, np.uint8))
-    photo = png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    white = corpus.png(np.full((32, 32, 3), 255, np.uint8))
+    photo = corpus.png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     headers = {"Content-Type": "image/png"}
     with GunicornServer(tmp=tmp_path, workers=1, app="tests.faulty_app:create()") as srv:
         pids = srv.worker_pids()

@@ -6,24 +6,16 @@ are checked from its own histograms under concurrent load.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
 from tests import corpus
 from tests.server import GunicornServer
 
 pytestmark = pytest.mark.server
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 DIGIT = corpus.encode(corpus.digit(7, 64), "PNG")  # 64x64: 4,096 pixels
@@ -50,12 +42,12 @@ def test_request_limits_set_low_refuse_what_the_defaults_accept(tmp_path):
         raw = {"headers": {"Content-Type": "image/png"}}
         assert post(srv.url, data=DIGIT, **raw).status_code == 200
         # MAX_BODY_BYTES: a body over it is refused from its length.
-        big = png(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+        big = corpus.png(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
         assert len(big) > 3000
         r = post(srv.url, data=big, **raw)
         assert (r.status_code, error_code(r)) == (413, "too_large")
         # MAX_PIXELS: one pixel over, per image.
-        r = post(srv.url, data=png(np.zeros((64, 65), np.uint8)), **raw)
+        r = post(srv.url, data=corpus.png(np.zeros((64, 65), np.uint8)), **raw)
         assert r.status_code == 413, r.text
         # MAX_REQUEST_PIXELS: two images fit, three do not (while MAX_BATCH allows three).
         assert post(srv.url, files=files(2)).status_code == 200

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
+from tests import corpus
 from tests.server import ROOT
 
 pytestmark = pytest.mark.server
 
 SAMPLES = ROOT / "service" / "explorer" / "samples"
 MODELS = ("mnist", "scenes")
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def samples(model: str) -> list[tuple[str, bytes]]:
@@ -90,7 +83,7 @@ def test_blank_and_noise_images_are_flagged(server, model):
         "grey noise": np.repeat(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2),
     }
     for kind, arr in images.items():
-        p = predict(server, model, png(arr))
+        p = predict(server, model, corpus.png(arr))
         assert p["uncertain"] is True, (kind, p)
 
 

@@ -184,17 +184,23 @@ def _threshold(
     )
 
 
+def flagged(
+    probs: np.ndarray, distance: np.ndarray, min_confidence: float, max_distance: float
+) -> np.ndarray:
+    """The rule the service applies per prediction (service/inference.py describe)."""
+    return (probs.max(axis=1) < min_confidence) | (distance > max_distance)
+
+
 def _rule_figures(
     probs: np.ndarray, distance: np.ndarray, labels: np.ndarray, min_conf: float, max_dist: float
 ) -> dict[str, float]:
-    confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    flagged = (confidence < min_conf) | (distance > max_dist)
-    kept = ~flagged
+    kept = ~flagged(probs, distance, min_conf, max_dist)
+    out = ~kept
     return {
         "coverage": float(kept.mean()),
         "accuracy_unflagged": float(correct[kept].mean()) if kept.any() else float("nan"),
-        "accuracy_flagged": float(correct[flagged].mean()) if flagged.any() else float("nan"),
+        "accuracy_flagged": float(correct[out].mean()) if out.any() else float("nan"),
         "accuracy_all": float(correct.mean()),
     }
 
@@ -223,7 +229,7 @@ def calibrate(
     # Cross-fitted figures: two seeded halves, each scored with what the other half chose.
     half = np.random.default_rng(seed).permutation(len(labels)) % 2 == 0
     crossed = np.empty_like(probs)
-    crossed_flag_inputs = []
+    is_flagged = np.zeros(len(labels), bool)
     for fit, score in ((half, ~half), (~half, half)):
         t = fit_temperature(val_logits[fit], labels[fit])
         crossed[score] = softmax(val_logits[score] / t)
@@ -236,10 +242,7 @@ def calibrate(
             target_accuracy,
             min_flagged,
         )
-        crossed_flag_inputs.append((score, c_min, d_max))
-    flagged = np.zeros(len(labels), bool)
-    for score, c_min, d_max in crossed_flag_inputs:
-        flagged[score] = (crossed[score].max(axis=1) < c_min) | (distance[score] > d_max)
+        is_flagged[score] = flagged(crossed[score], distance[score], c_min, d_max)
     crossed_correct = crossed.argmax(axis=1) == labels
     raw = softmax(val_logits)
 
@@ -268,9 +271,11 @@ def calibrate(
         "min_flagged": min_flagged,
         "distance_quantile": DISTANCE_QUANTILE,
         "validation": {
-            "coverage": float((~flagged).mean()),
-            "accuracy_unflagged": float(crossed_correct[~flagged].mean()),
-            "accuracy_flagged": float(crossed_correct[flagged].mean()) if flagged.any() else None,
+            "coverage": float((~is_flagged).mean()),
+            "accuracy_unflagged": float(crossed_correct[~is_flagged].mean()),
+            "accuracy_flagged": (
+                float(crossed_correct[is_flagged].mean()) if is_flagged.any() else None
+            ),
             "accuracy_all": float(crossed_correct.mean()),
             "figures_are": "cross-fitted, like the calibration's",
         },

@@ -154,22 +154,21 @@ def flip_averaged(model: keras.Model) -> keras.Model:
     inbound = _inbound(backbone)
     # The backbone replayed on the doubled batch with copies of its layers (same names, same
     # weights): a layer object called twice would have two outputs, and no single `/features` row.
+
+    def copy_of(layer: keras.layers.Layer, inputs):
+        copy = layer.__class__.from_config(layer.get_config())
+        out = copy(inputs)
+        copy.set_weights(layer.get_weights())
+        return out
+
     tensors = {backbone.inputs[0].name: FlipBatch(name="flip")(image)}
     for layer in backbone.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        sources = [tensors[name] for name in inbound[layer.name]]
-        copy = layer.__class__.from_config(layer.get_config())
-        tensors[layer.name] = copy(sources if len(sources) > 1 else sources[0])
-        copy.set_weights(layer.get_weights())
+        if not isinstance(layer, keras.layers.InputLayer):
+            sources = [tensors[name] for name in inbound[layer.name]]
+            tensors[layer.name] = copy_of(layer, sources if len(sources) > 1 else sources[0])
     mean = FlipMean(name="flip_mean")(tensors[embedding.name])
-    head = [logits, model.layers[-1]]  # the class layer and the softmax, copied the same way
-    x = mean
-    for layer in head:
-        copy = layer.__class__.from_config(layer.get_config())
-        x = copy(x)
-        copy.set_weights(layer.get_weights())
-    return keras.Model(image, x, name=model.name)
+    probabilities = copy_of(model.layers[-1], copy_of(logits, mean))  # class layer, softmax
+    return keras.Model(image, probabilities, name=model.name)
 
 
 def served_model(
