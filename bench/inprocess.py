@@ -1,7 +1,6 @@
 """What one /predict/mnist request costs inside the app, with no network and no Gunicorn.
 
     python -m bench.inprocess            # 5,000 requests per line
-    python -m bench.inprocess 5000 --stock-metric-values   # prometheus-client's own writes
 
 Calls the WSGI app directly with a prepared environ, in one process on one core, and prints the
 microseconds per request: the hello-world baseline, the service, then the service with one stage
@@ -47,25 +46,23 @@ def per_request_us(app: Callable, environ: dict, body: bytes, n: int) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
-def main(n: int = 5000, stock_metric_values: bool = False) -> None:
+def main(n: int = 5000) -> None:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        run(n, stock_metric_values)
+        run(n)
         return
+    # Set before the app imports prometheus_client, as in the workers (gunicorn.conf.py).
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as metrics_dir:  # removed after
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         try:
-            run(n, stock_metric_values)
+            run(n)
         finally:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
-def run(n: int, stock_metric_values: bool) -> None:
-    from service import codecs, inference, metric_values
+def run(n: int) -> None:
+    from service import codecs, inference
     from service.app import create_app
     from service.config import Settings
-
-    if not stock_metric_values:  # as the workers do (gunicorn.conf.py)
-        metric_values.install(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
     with tempfile.TemporaryDirectory() as folder:
         body = make_bodies(Path(folder), {"digit28.png"})["digit28.png"].read_bytes()
@@ -106,10 +103,5 @@ def run(n: int, stock_metric_values: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("n", type=int, nargs="?", default=5000, help="requests per line")
-    parser.add_argument(
-        "--stock-metric-values",
-        action="store_true",
-        help="prometheus-client's own multiprocess values, not service/metric_values.py",
-    )
     args = parser.parse_args()
-    main(args.n, args.stock_metric_values)
+    main(args.n)

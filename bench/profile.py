@@ -27,7 +27,6 @@ from tests.server import GunicornServer
 AREAS = [  # first match wins: (area, substring of the frame's file or function)
     ("metrics", "prometheus_client"),
     ("metrics", "service/instrumentation"),
-    ("metrics", "service/metric_values"),
     ("inference", "ai_edge_litert"),
     ("inference", "tensorflow"),
     ("decode+preprocess", "PIL/"),

@@ -114,6 +114,9 @@ TARGETS = {
     "service+previous-models": {"app": None, "env": {"CONVNET_MODELS_DIR": "<previous>"}},
     # The service before service/_digit.c: digit normalisation in numpy (the reference).
     "service+python-digit": {"app": "bench.ablations:service_with_python_digit()", "env": {}},
+    # The service from another checkout (--checkout DIR, e.g. `git worktree add DIR <commit>`):
+    # a change measured against the code before it, in the same run.
+    "service+checkout": {"app": None, "env": {}, "checkout": True},
     "hello": {"app": "bench.baselines:hello()", "env": {}},
     "hello+gthread": {
         "app": "bench.baselines:hello()",
@@ -290,7 +293,14 @@ def run_target(
             env["CONVNET_MODELS_DIR"] = str(
                 previous_models(tmp / f"{target}-{time.monotonic_ns()}")
             )
-        server = GunicornServer(tmp=tmp, workers=args.workers, app=spec["app"], env=env)
+        elsewhere = (
+            {"cwd": args.checkout, "config": args.checkout / "service" / "gunicorn.conf.py"}
+            if spec.get("checkout")
+            else {}
+        )
+        server = GunicornServer(
+            tmp=tmp, workers=args.workers, app=spec["app"], env=env, **elsewhere
+        )
         running.callback(server.stop)  # also when the start itself fails
         server.start(timeout=120)
         ready_s = time.monotonic() - started
@@ -345,7 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds over all targets, each with fresh servers; then the median of each cell",
     )
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench.json")
+    p.add_argument(
+        "--checkout", type=Path, help="another checkout of this repository: service+checkout"
+    )
     args = p.parse_args(argv)
+    if args.checkout is None:
+        if "--only" in (argv or sys.argv) and "service+checkout" in args.only:
+            p.error("service+checkout needs --checkout DIR")
+        args.only = [t for t in args.only if not TARGETS[t].get("checkout")]
+    else:
+        args.checkout = args.checkout.resolve()
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
         tmp = Path(tmp_name)

@@ -240,13 +240,8 @@ def _close_after_response(linger):
 def post_fork(server, worker):
     from gunicorn import util
 
-    from service import metric_values
-
     util.write_error = _json_write_error
     util.close_graceful = _close_after_response(util.close_graceful)
-    # Before the worker loads the app and creates its metrics: they write in place, into the
-    # files prometheus-client would write (service/metric_values.py).
-    metric_values.install(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def post_worker_init(worker):
