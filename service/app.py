@@ -9,6 +9,7 @@ from flask import Flask
 from service import errors, images, instrumentation
 from service.api import (
     State,
+    convolve,
     docs,
     explorer,
     features,
@@ -17,6 +18,7 @@ from service.api import (
     predict,
     tfserving,
     v2,
+    weights,
 )
 from service.config import Settings
 from service.json_provider import OrjsonProvider
@@ -77,7 +79,16 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     # The standard protocols answer errors in their own body, {"error": "<message>"}.
     errors.register(app, formats={p.PREFIX: errors.message_body for p in PROTOCOLS})
     instrumentation.init_app(app, metrics)
-    for bp in (predict.bp, features.bp, models.bp, health.bp, docs.bp, explorer.bp):
+    for bp in (
+        predict.bp,
+        features.bp,
+        models.bp,
+        weights.bp,
+        convolve.bp,
+        health.bp,
+        docs.bp,
+        explorer.bp,
+    ):
         app.register_blueprint(bp)
     for protocol in PROTOCOLS:
         app.register_blueprint(protocol.bp)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +81,67 @@ class LayerInfo(BaseModel):
     output_shape: list[int]
     kernel_size: list[int] | None = None
     stride: list[int] | None = None
+
+
+class LayerWeights(BaseModel):
+    name: str
+    type: Literal["conv", "dense", "batchnorm"]
+    kernel: Tensor | None = Field(
+        default=None,
+        description="conv: (kh, kw, in, out); dense: (in, out): Keras's layouts. As PNG, a conv "
+        "kernel is one tile per (input channel, filter) pair, the filter fastest.",
+    )
+    bias: Tensor | None = Field(
+        default=None, description="(out,); null for a layer built without one (before batch norm)."
+    )
+    scale: Tensor | None = Field(
+        default=None, description="batchnorm: gamma / sqrt(variance + epsilon), per channel."
+    )
+    offset: Tensor | None = Field(
+        default=None,
+        description="batchnorm: beta - mean * scale, per channel (y = x * scale + offset).",
+    )
+
+
+class WeightsResponse(BaseModel):
+    model: str
+    version: str
+    layers: list[LayerWeights] = Field(
+        description="Requested layers with weights, in network order."
+    )
+
+
+# The explorer applies 3x3 kernels to a 32x32 input; the bounds leave room and cap the work.
+MAX_CONVOLVE_SIDE = 64
+MAX_KERNEL_SIDE = 7
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ConvolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    image: list[Annotated[list[Finite], Field(min_length=1, max_length=MAX_CONVOLVE_SIDE)]] = Field(
+        min_length=1,
+        max_length=MAX_CONVOLVE_SIDE,
+        description=f"Rows of a grey image (at most {MAX_CONVOLVE_SIDE}x{MAX_CONVOLVE_SIDE}), "
+        "finite numbers, every row the same length.",
+    )
+    kernel: list[Annotated[list[Finite], Field(min_length=1, max_length=MAX_KERNEL_SIDE)]] = Field(
+        min_length=1,
+        max_length=MAX_KERNEL_SIDE,
+        description=f"Rows of the kernel (at most {MAX_KERNEL_SIDE}x{MAX_KERNEL_SIDE}), applied "
+        "as a ConvNet does: the sum of the window times the kernel, not flipped.",
+    )
+    padding: Literal["same", "valid"] = Field(
+        default="same", description="same: zeros around the image, the output as large as it."
+    )
+
+
+class ConvolveResponse(BaseModel):
+    shape: list[int]
+    encoding: Literal["json"]
+    data: list[list[float]]
+    min: float
+    max: float
 
 
 class ModelInfo(BaseModel):

@@ -291,6 +291,42 @@ def build_openapi(model_names: list[str]) -> dict:
                 "responses": {"200": _json(schemas.ModelInfo, "Model."), **_errors("404", "503")},
             }
         },
+        "/models/{model}/weights": {
+            "get": {
+                "summary": "Each layer's learned weights: conv and dense kernel and bias, batch "
+                "norm scale and offset (Keras's layouts)",
+                "parameters": [
+                    model_param,
+                    _ENCODING,
+                    {
+                        "name": "layers",
+                        "in": "query",
+                        "required": False,
+                        "description": "Comma-separated names of layers with weights (default: "
+                        "all of them).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(schemas.WeightsResponse, "Weights."),
+                    **_errors("400", "404", "503"),
+                },
+            }
+        },
+        "/convolve": {
+            "post": {
+                "summary": "A kernel (at most 7x7) applied to a grey image (at most 64x64), as a "
+                "conv layer applies one filter to one channel",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(schemas.ConvolveRequest)}},
+                },
+                "responses": {
+                    "200": _json(schemas.ConvolveResponse, "The feature map."),
+                    **_errors("400", "413", "415"),
+                },
+            }
+        },
         "/livez": {
             "get": {
                 "summary": "The process is alive",
@@ -338,6 +374,9 @@ def build_openapi(model_names: list[str]) -> dict:
         schemas.PredictResponse,
         schemas.FeaturesResponse,
         schemas.GradcamResponse,
+        schemas.WeightsResponse,
+        schemas.ConvolveRequest,
+        schemas.ConvolveResponse,
         schemas.ModelList,
         schemas.Health,
         schemas.ErrorResponse,
