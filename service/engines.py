@@ -7,8 +7,9 @@ this before forking (gunicorn.conf.py), so workers only load the flatbuffer: the
 TensorFlow, start in about a second, use a sixth of the memory, and a LeNet call takes about a
 tenth of the time (README, Performance). tests/test_engines.py shows both engines agree within 1e-5.
 
-Grad-CAM needs gradients, which LiteRT cannot run (MaxPoolGrad has no LiteRT kernel): the Grad-CAM
-route loads the SavedModel with TensorFlow on its first call, in the worker that serves it.
+The gradcam signature becomes an engine of its own, its gradient ops rewritten into LiteRT's
+builtin ops (service/gradcam_graph.py): no worker imports TensorFlow, and an image that carries
+converted engines (the Dockerfile's) runs without TensorFlow installed at all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.metadata
+import importlib.util
+import logging
 import os
 import stat
 import subprocess
@@ -31,6 +34,9 @@ import numpy as np
 from service import metadata
 
 ENGINES = ("litert", "tensorflow")
+GRADCAM_SUFFIX = ".gradcam.tflite"
+
+log = logging.getLogger(__name__)
 
 
 def read_metadata(model_path: Path) -> dict[str, Any]:
@@ -98,6 +104,16 @@ class LiteRTEngine:
                 interpreter.get_signature_runner(sigs[key]["name"]),
                 threading.Lock(),
             )
+        if "gradcam" in sigs:
+            from service.gradcam_graph import SIGNATURE
+
+            interpreter = Interpreter(
+                model_path=str(gradcam_path(engine_path)), num_threads=threads
+            )
+            self._runners["gradcam"] = (
+                interpreter.get_signature_runner(SIGNATURE),
+                threading.Lock(),
+            )
 
     def _run(self, key: str, batch: np.ndarray) -> dict[str, np.ndarray]:
         runner, lock = self._runners[key]
@@ -111,6 +127,19 @@ class LiteRTEngine:
     def features(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self._run("features", batch)
 
+    def gradcam(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+        """The heat maps of a batch, one image at a time: the engine's batch is fixed at one."""
+        runner, lock = self._runners["gradcam"]
+        maps = []
+        for image, index in zip(batch, class_index, strict=True):
+            with lock:
+                out = runner(
+                    image=np.ascontiguousarray(image[None], dtype=np.float32),
+                    class_index=np.array([index], np.int32),
+                )
+            maps.append(out["heatmap"][0])
+        return np.stack(maps)
+
 
 def converter_versions() -> str:
     """The versions of what makes and runs an engine file (TensorFlow's converter, LiteRT), read
@@ -122,9 +151,9 @@ def converter_versions() -> str:
     return ";".join(found)
 
 
-def engine_key(model_path: Path) -> str:
-    """Changes whenever the SavedModel's graph or weights change, or the converter's version."""
-    h = hashlib.sha256(converter_versions().encode())
+def model_key(model_path: Path) -> str:
+    """Changes whenever the SavedModel's graph or weights change."""
+    h = hashlib.sha256()
     for f in sorted(Path(model_path).rglob("*")):
         if f.is_file() and f.parts[-2] != "report":
             h.update(f.relative_to(model_path).as_posix().encode())
@@ -132,23 +161,66 @@ def engine_key(model_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def engine_key(model_path: Path) -> str:
+    """The SavedModel's key and the converter's: either changing converts again."""
+    converter = hashlib.sha256(converter_versions().encode()).hexdigest()[:8]
+    return f"{model_key(model_path)}-{converter}"
+
+
 def engine_path(model_path: Path, cache_dir: Path) -> Path:
     md = read_metadata(model_path)
     return Path(cache_dir) / f"{md['name']}-{md['version']}-{engine_key(model_path)}.tflite"
 
 
+def gradcam_path(engine_file: Path) -> Path:
+    """The Grad-CAM engine beside a model's engine file."""
+    return Path(engine_file).with_suffix(GRADCAM_SUFFIX)
+
+
+def can_convert() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def converted_elsewhere(model_path: Path, cache_dir: Path) -> Path:
+    """Without TensorFlow nothing converts: an engine of this very SavedModel that a converter
+    elsewhere wrote (the Dockerfile's build stage), whichever converter version it was."""
+    md = read_metadata(model_path)
+    prefix = f"{md['name']}-{md['version']}-{model_key(model_path)}-"
+    found = [
+        f
+        for f in Path(cache_dir).glob(f"{prefix}*.tflite")
+        if not f.name.endswith(GRADCAM_SUFFIX)
+        and (not md["signatures"].get("gradcam") or gradcam_path(f).exists())
+    ]
+    if not found:
+        raise RuntimeError(
+            f"no LiteRT engine for {model_path} in {cache_dir}, and TensorFlow is not installed "
+            "to convert one: pip install 'convnet-service[convert]', or run "
+            "`convnet-service prepare-engines` where it is and copy the cache"
+        )
+    return max(found, key=lambda f: f.stat().st_mtime)
+
+
 def convert(model_path: Path, out: Path) -> None:
-    """SavedModel -> LiteRT flatbuffer with the predict and features signatures (imports TF)."""
+    """SavedModel -> LiteRT flatbuffers: the predict and features signatures in `out`, Grad-CAM
+    in gradcam_path(out) (imports TF). `out` is written last: it marks the pair complete."""
     import tensorflow as tf
 
     sigs = read_metadata(model_path)["signatures"]
+    if sigs.get("gradcam"):
+        from service import gradcam_graph
+
+        _write_atomically(gradcam_path(out), gradcam_graph.convert(model_path))
     converter = tf.lite.TFLiteConverter.from_saved_model(
         str(model_path), signature_keys=[sigs["predict"]["name"], sigs["features"]["name"]]
     )
-    data = converter.convert()
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    _write_atomically(out, converter.convert())
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
-    os.replace(tmp, out)  # atomic: a reader never sees half a file
+    os.replace(tmp, path)  # a reader never sees half a file
 
 
 def default_cache() -> Path:
@@ -184,6 +256,11 @@ def prepare(model_paths: dict[str, Path], cache_dir: Path, timeout: float = 600)
     missing = {name: t for name, t in targets.items() if not t.exists()}
     if not missing:  # all cached: nothing to write (the cache may sit on a read-only filesystem)
         return targets
+    if not can_convert():
+        return {
+            name: t if t.exists() else converted_elsewhere(model_paths[name], cache_dir)
+            for name, t in targets.items()
+        }
     check_cache(cache_dir)
     with open(Path(cache_dir) / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time, across processes

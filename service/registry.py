@@ -35,8 +35,6 @@ class Model:
     metadata: dict[str, Any]
     engine: engines.LiteRTEngine | engines.TensorFlowEngine
     batcher: Batcher | None = None
-    _tensorflow: engines.TensorFlowEngine | None = None
-    _tensorflow_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def classes(self) -> list[str]:
@@ -87,15 +85,7 @@ class Model:
         return acts
 
     def gradcam(self, batch: np.ndarray, class_index: np.ndarray) -> np.ndarray:
-        return self._tensorflow_engine().gradcam(batch, class_index)
-
-    def _tensorflow_engine(self) -> engines.TensorFlowEngine:
-        if isinstance(self.engine, engines.TensorFlowEngine):
-            return self.engine
-        with self._tensorflow_lock:  # loaded once, on the first Grad-CAM request
-            if self._tensorflow is None:
-                self._tensorflow = engines.TensorFlowEngine(self.path, self.metadata)
-            return self._tensorflow
+        return self.engine.gradcam(batch, class_index)
 
 
 # A version folder is a number in plain decimal: not "03" beside "3", not "²" (str.isdigit).

@@ -37,6 +37,36 @@ def test_litert_engine_matches_the_savedmodel(name, engine_files):
             np.testing.assert_allclose(got[row["name"]], want[row["name"]], atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_litert_gradcam_matches_the_savedmodel(name, engine_files):
+    """Grad-CAM's engine (gradient ops rewritten into builtins) gives the signature's heat map,
+    on noise, on a blank image (every max-pooling window tied) and for every class."""
+    metadata = engines.read_metadata(MODELS[name])
+    reference = engines.TensorFlowEngine(MODELS[name], metadata)
+    litert = engines.LiteRTEngine(engine_files[name], metadata, threads=1)
+    rng = np.random.default_rng(1)
+    shape = metadata["input"]["shape"]
+    images = np.concatenate([rng.random((3, *shape), dtype=np.float32), np.zeros((1, *shape))])
+    for index in range(len(metadata["classes"])):
+        classes = np.full(len(images), index, np.int32)
+        got = litert.gradcam(images.astype(np.float32), classes)
+        want = reference.gradcam(images.astype(np.float32), classes)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_engines_converted_elsewhere_serve_without_tensorflow(engine_files, monkeypatch):
+    """The runtime image has no TensorFlow: it loads the engines its build stage converted,
+    whose key names that stage's converter, and says what to do when there are none."""
+    name = sorted(MODELS)[0]
+    cache = engine_files[name].parent
+    monkeypatch.setattr(engines, "can_convert", lambda: False)
+    monkeypatch.setattr(engines, "converter_versions", lambda: "ai-edge-litert==0")
+    assert engines.prepare({name: MODELS[name]}, cache) == {name: engine_files[name]}
+    with pytest.raises(RuntimeError, match=r"TensorFlow is not installed to convert one"):
+        engines.prepare({name: MODELS[name]}, cache.parent / "empty")
+
+
 def test_engine_cache_is_keyed_by_the_savedmodel(tmp_path, engine_files, monkeypatch):
     name = sorted(MODELS)[0]
     before = engine_files[name].stat()
