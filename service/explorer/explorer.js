@@ -4,6 +4,8 @@
 // is POSTed to /features/<model>?encoding=base64 (and /gradcam/<model> when the model has one)
 // -> the prediction, the preprocessed input and each layer's activations are painted.
 
+import { convUnit, denseUnit, softmaxSteps, strongestInputs } from "./arithmetic.js";
+
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -18,6 +20,12 @@ const state = {
   pending: false, // the pad changed while a request was in flight
   updates: 0,
   camClass: "", // "" = the predicted class
+  inputData: null, // the preprocessed input's floats, (h, w, c)
+  prediction: null, // the last response's prediction
+  weights: null, // { model, layers: Map(name -> { kernel, bias, scale, offset }) } of /weights
+  weightsLoading: null, // the model whose weights are being fetched
+  selected: null, // the unit whose arithmetic is shown: { layer, ch, y, x } or { layer, unit }
+  wiringClass: null, // the class whose connections the wiring view draws (null: the predicted)
 };
 
 // ---------------------------------------------------------------- colour scales
@@ -296,7 +304,14 @@ function buildGrid(layer) {
       inspect(layer, ch, y, x);
     };
     map.addEventListener("pointermove", at);
-    map.addEventListener("pointerdown", at);
+    map.addEventListener("pointerdown", (ev) => {
+      at(ev);
+      const r = canvas.getBoundingClientRect();
+      const y = Math.min(h - 1, Math.max(0, Math.floor(((ev.clientY - r.top) / r.height) * h)));
+      const x = Math.min(w - 1, Math.max(0, Math.floor(((ev.clientX - r.left) / r.width) * w)));
+      cursor = { ch, y, x };
+      select({ layer, ch, y, x });
+    });
     map.addEventListener("pointerleave", (ev) => {
       if (ev.pointerType !== "touch") clearInspect();
     });
@@ -322,8 +337,34 @@ function buildGrid(layer) {
       x: Math.min(w - 1, Math.max(0, cursor.x + m[2])),
     };
     inspect(layer, cursor.ch, cursor.y, cursor.x);
+    select({ layer, ...cursor });
   });
+  if (layer.row.type === "conv") buildFilters(layer, zoom);
   layer.body.append(grid);
+}
+
+// One tile per filter, above the map it makes: the kernel summed over its input channels.
+function buildFilters(layer, zoom) {
+  const [, w, c] = layer.shape;
+  const [kh, kw] = layer.row.kernel_size;
+  const wrap = document.createElement("div");
+  wrap.className = "filters";
+  wrap.setAttribute("role", "img");
+  wrap.setAttribute("aria-label", `${layer.row.name}'s ${c} filters (${kh}×${kw}): loading`);
+  layer.filters = [];
+  for (let ch = 0; ch < c; ch++) {
+    const canvas = document.createElement("canvas");
+    canvas.className = "filter";
+    canvas.width = kw;
+    canvas.height = kh;
+    canvas.style.width = `${w * zoom}px`;
+    canvas.style.height = `${Math.round((w * zoom * kh) / kw)}px`;
+    canvas.dataset.channel = ch;
+    wrap.append(canvas);
+    layer.filters.push(canvas);
+  }
+  layer.filterWrap = wrap;
+  layer.body.append(wrap);
 }
 
 function buildStrip(layer) {
@@ -337,17 +378,35 @@ function buildStrip(layer) {
   canvas.style.aspectRatio = `${canvas.width} / ${canvas.height}`;
   canvas.style.maxWidth = `${Math.min(40, cols)}rem`;
   canvas.setAttribute("role", "img");
-  canvas.setAttribute("aria-label", `${layer.row.name}: ${n} units`);
+  canvas.setAttribute(
+    "aria-label",
+    `${layer.row.name}: ${n} units. Click or tap a unit, or use the arrow keys, to see how it is computed.`,
+  );
+  canvas.tabIndex = 0;
   wrap.append(canvas);
   layer.body.append(wrap);
   layer.canvas = canvas;
-  canvas.addEventListener("pointermove", (ev) => {
-    if (!layer.data) return;
+  const unitAt = (ev) => {
     const r = canvas.getBoundingClientRect();
     const x = Math.floor(((ev.clientX - r.left) / r.width) * canvas.width);
     const y = Math.floor(((ev.clientY - r.top) / r.height) * canvas.height);
     const i = y * cols + x;
-    if (i >= 0 && i < n) $("readout").textContent = `${layer.row.name} unit ${i}: ${fmt(layer.data[i])}`;
+    return i >= 0 && i < n ? i : null;
+  };
+  canvas.addEventListener("pointermove", (ev) => {
+    const i = unitAt(ev);
+    if (layer.data && i !== null) $("readout").textContent = `${layer.row.name} unit ${i}: ${fmt(layer.data[i])}`;
+  });
+  canvas.addEventListener("pointerdown", (ev) => {
+    const i = unitAt(ev);
+    if (i !== null) select({ layer, unit: i });
+  });
+  canvas.addEventListener("keydown", (ev) => {
+    const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -cols, ArrowDown: cols }[ev.key];
+    if (step === undefined) return;
+    ev.preventDefault();
+    const at = state.selected?.layer === layer ? state.selected.unit : -step;
+    select({ layer, unit: Math.min(n - 1, Math.max(0, at + step)) });
   });
 }
 
@@ -422,6 +481,473 @@ function clearInspect() {
   $("readout").textContent = "";
 }
 
+// ---------------------------------------------------------------- weights and filters
+
+async function loadWeights(model) {
+  if (state.weights?.model === model.name || state.weightsLoading === model.name) return;
+  state.weightsLoading = model.name;
+  try {
+    const res = await api(`/models/${encodeURIComponent(model.name)}/weights?encoding=base64`);
+    if (model !== state.model) return;
+    const arr = (t) => (t ? floats(t.data) : null);
+    const layers = new Map(
+      res.layers.map((l) => [
+        l.name,
+        { kernel: arr(l.kernel), bias: arr(l.bias), scale: arr(l.scale), offset: arr(l.offset) },
+      ]),
+    );
+    state.weights = { model: model.name, layers };
+    paintFilters();
+    showWiring();
+    if (state.selected) select(state.selected);
+    document.body.dataset.weights = model.name;
+  } catch (err) {
+    setStatus(`Could not load the weights: ${err.message}`, true);
+  } finally {
+    if (state.weightsLoading === model.name) state.weightsLoading = null;
+  }
+}
+
+function weightsOf(name) {
+  return state.weights?.model === state.model.name ? state.weights.layers.get(name) : undefined;
+}
+
+function paintFilters() {
+  for (const layer of state.layers) {
+    const wts = weightsOf(layer.row.name);
+    if (!layer.filters || !wts) continue;
+    const [kh, kw] = layer.row.kernel_size;
+    const cout = layer.row.output_shape[2];
+    const cin = wts.kernel.length / (kh * kw * cout);
+    const tiles = layer.filters.map((_, o) => {
+      const t = new Float32Array(kh * kw);
+      for (let k = 0; k < kh * kw; k++) {
+        for (let c = 0; c < cin; c++) t[k] += wts.kernel[(k * cin + c) * cout + o];
+      }
+      return t;
+    });
+    let m = 0;
+    for (const t of tiles) for (const v of t) m = Math.max(m, Math.abs(v));
+    const sc = { lut: DIVERGING, lo: -(m || 1), hi: m || 1 };
+    tiles.forEach((t, o) => {
+      paint(layer.filters[o], t, 0, 1, t.length, kw, sc);
+      layer.filters[o].title = `filter ${o}`;
+    });
+    const summed = cin > 1 ? `, each summed over its ${cin} input channels` : "";
+    const text = `${layer.row.name}'s ${cout} filters (${kh}×${kw})${summed}, above the maps they make: blue negative, white 0, red positive (±${fmt(m)})`;
+    layer.filterWrap.setAttribute("aria-label", text);
+    layer.filterWrap.title = text;
+  }
+}
+
+// ---------------------------------------------------------------- the arithmetic at a unit
+
+function activationOf(name) {
+  if (name === "image" || name === state.model.input.name) {
+    return state.inputData ? { data: state.inputData, shape: state.model.input.shape } : null;
+  }
+  const layer = state.layers.find((l) => l.row.name === name);
+  return layer?.data ? { data: layer.data, shape: layer.shape } : null;
+}
+
+const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+
+// A small table of numbers, kh x kw, each cell coloured by sign when `signed`.
+function numbers(values, rows, cols, caption, signed = false) {
+  const fig = el("figure", "nums");
+  const table = el("table");
+  for (let i = 0; i < rows; i++) {
+    const tr = el("tr");
+    for (let j = 0; j < cols; j++) {
+      const v = values[i * cols + j];
+      const td = el("td", signed && v !== 0 ? (v > 0 ? "pos" : "neg") : "", fmt(v));
+      tr.append(td);
+    }
+    table.append(tr);
+  }
+  fig.append(table, el("figcaption", "", caption));
+  return fig;
+}
+
+function eq(text) {
+  return el("p", "eq", text);
+}
+
+// The arithmetic of the selected unit, in a panel under its layer.
+function select(sel) {
+  state.selected = sel;
+  const { layer } = sel;
+  let panel = $("arith");
+  if (!panel) {
+    panel = el("section", "arith");
+    panel.id = "arith";
+    panel.setAttribute("aria-live", "polite");
+    panel.setAttribute("aria-label", "How the selected unit is computed");
+  }
+  if (panel.parentElement !== layer.fig) layer.fig.append(panel);
+  const row = layer.row;
+  const spatial = layer.shape.length === 3;
+  const [h, w, c] = spatial ? layer.shape : [1, 1, 1];
+  const index = spatial ? (sel.y * w + sel.x) * c + sel.ch : sel.unit;
+  const where = spatial ? `map ${sel.ch}, row ${sel.y}, column ${sel.x}` : `unit ${sel.unit}`;
+  const served = layer.data ? layer.data[index] : null;
+  panel.replaceChildren(el("h4", "", `${row.name} (${row.type}), ${where}`));
+  Object.assign(panel.dataset, { layer: row.name, index, kind: "none" });
+  delete panel.dataset.result;
+  delete panel.dataset.activation;
+  if (served === null) {
+    panel.append(eq("Classify an image first."));
+    return;
+  }
+  const src = (row.inputs ?? [])[0] ?? state.layers[layer.index - 1]?.row.name ?? "image";
+  const input = activationOf(src);
+  const wts = weightsOf(row.name);
+  let result = null;
+  let kind = row.type;
+  const needWeights = ["conv", "dense", "batchnorm"].includes(row.type);
+  if (needWeights && !wts) {
+    panel.append(eq("Loading this layer's weights…"));
+    loadWeights(state.model);
+    return;
+  }
+  if (row.type === "conv") {
+    const a = convUnit(row, input, wts.kernel, wts.bias, sel.y, sel.x, sel.ch);
+    const ranked = [...a.channels].sort((p, q) => Math.abs(q.partial) - Math.abs(p.partial));
+    const shown = ranked.slice(0, 3);
+    panel.append(
+      eq(
+        `The ${a.rows}×${a.cols} patch of ${src} at rows ${a.origin[0]}–${a.origin[0] + a.rows - 1}, columns ${
+          a.origin[1]
+        }–${a.origin[1] + a.cols - 1} (outside the picture counts as 0), times filter ${sel.ch}, element by element, summed${
+          a.channels.length > 1 ? " over every input channel" : ""
+        }:`,
+      ),
+    );
+    for (const ch of shown) {
+      const group = el("div", "channel");
+      const label = a.channels.length > 1 ? ` (input channel ${ch.channel})` : "";
+      group.append(
+        numbers(ch.patch, a.rows, a.cols, `input patch${label}`),
+        el("span", "op", "×"),
+        numbers(ch.weights, a.rows, a.cols, `kernel${label}`, true),
+        el("span", "op", "="),
+        numbers(ch.products, a.rows, a.cols, `products, sum ${fmt(ch.partial)}`, true),
+      );
+      panel.append(group);
+    }
+    if (a.channels.length > shown.length) {
+      const rest = a.sum - shown.reduce((t, ch) => t + ch.partial, 0);
+      panel.append(
+        eq(`…and ${a.channels.length - shown.length} more input channels, whose products sum to ${fmt(rest)} (the 3 largest shown).`),
+      );
+    }
+    panel.append(
+      eq(`sum of products = ${fmt(a.sum)}`),
+      eq(a.hasBias ? `+ bias ${fmt(a.bias)}` : "+ no bias (the batch norm after this layer adds the offset)"),
+      eq(`= ${fmt(a.result)}`),
+    );
+    result = a.result;
+  } else if (row.type === "dense") {
+    const a = denseUnit(row, { data: input.data }, wts.kernel, wts.bias, sel.unit);
+    panel.append(eq(`Each of the ${a.count} values of ${src} times its weight to this unit; the ${a.shown.length} largest products:`));
+    const table = el("table", "terms");
+    const head = el("tr");
+    head.append(el("th", "", `${src} unit`), el("th", "", "value"), el("th", "", "× weight"), el("th", "", "= product"));
+    table.append(head);
+    for (const t of a.shown) {
+      const tr = el("tr");
+      tr.append(el("td", "", String(t.index)), el("td", "", fmt(t.input)), el("td", "", fmt(t.weight)),
+        el("td", t.product >= 0 ? "pos" : "neg", fmt(t.product)));
+      table.append(tr);
+    }
+    panel.append(
+      table,
+      eq(`these ${a.shown.length} sum to ${fmt(a.shownSum)}; all ${a.count} products sum to ${fmt(a.sum)}`),
+      eq(a.hasBias ? `+ bias ${fmt(a.bias)} = ${fmt(a.pre)}` : `no bias: ${fmt(a.pre)}`),
+    );
+    if (a.relu) panel.append(eq(`ReLU: max(0, ${fmt(a.pre)}) = ${fmt(a.result)}`));
+    result = a.result;
+  } else if (row.type === "relu") {
+    const x = input.data[index];
+    panel.append(eq(`ReLU: max(0, ${src} ${fmt(x)}) = ${fmt(Math.max(0, x))}`));
+    result = Math.max(0, x);
+  } else if (row.type === "batchnorm") {
+    const x = input.data[index];
+    result = x * wts.scale[sel.ch] + wts.offset[sel.ch];
+    panel.append(
+      eq(`Batch norm at inference, per channel: ${src} ${fmt(x)} × scale ${fmt(wts.scale[sel.ch])} + offset ${fmt(wts.offset[sel.ch])} = ${fmt(result)}`),
+      eq("(scale = γ / √(variance + ε) and offset = β − mean × scale, from training's statistics.)"),
+    );
+  } else if (row.type === "add") {
+    const values = row.inputs.map((n) => activationOf(n).data[index]);
+    result = values.reduce((a, b) => a + b, 0);
+    panel.append(eq(`Residual addition: ${row.inputs.map((n, i) => `${n} ${fmt(values[i])}`).join(" + ")} = ${fmt(result)}`));
+  } else if (row.type === "pool") {
+    const [ih, iw, ic] = input.shape;
+    const [kh, kw] = row.kernel_size;
+    const [sh, sw] = row.stride ?? row.kernel_size;
+    const win = [];
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        const yy = Math.min(ih - 1, sel.y * sh + i);
+        const xx = Math.min(iw - 1, sel.x * sw + j);
+        win.push(input.data[(yy * iw + xx) * ic + sel.ch]);
+      }
+    }
+    result = Math.max(...win);
+    panel.append(
+      el("div", "channel").appendChild(numbers(win, kh, kw, `${src}'s ${kh}×${kw} window`)).parentElement,
+      eq(`max = ${fmt(result)}`),
+    );
+  } else if (row.type === "global_pool") {
+    const [ih, iw, ic] = input.shape;
+    let sum = 0;
+    for (let i = 0; i < ih * iw; i++) sum += input.data[i * ic + sel.unit];
+    result = sum / (ih * iw);
+    panel.append(eq(`The mean of ${src}'s map ${sel.unit}: its ${ih * iw} values sum to ${fmt(sum)}, ÷ ${ih * iw} = ${fmt(result)}`));
+  } else if (row.type === "scale") {
+    const x = input.data[index];
+    result = x * row.scale;
+    const t = row.name === "temperature" ? ` (÷ the calibration temperature ${fmt(1 / row.scale)})` : "";
+    panel.append(eq(`${src} ${fmt(x)} × ${fmt(row.scale)}${t} = ${fmt(result)}`));
+  } else if (row.type === "flatten" && input?.shape.length === 3) {
+    const [, iw, ic] = input.shape;
+    const ch = sel.unit % ic;
+    const px = Math.floor(sel.unit / ic);
+    result = input.data[sel.unit];
+    panel.append(eq(`Flatten copies: unit ${sel.unit} is ${src}'s map ${ch}, row ${Math.floor(px / iw)}, column ${px % iw}: ${fmt(result)}`));
+  } else {
+    kind = "none";
+    const why = {
+      flip: "This layer adds the mirror image of the input, so that every later layer sees both; nothing is computed at a unit (the maps shown are the original image's).",
+      flip_mean: "This layer averages each value over the image and its mirror image; the page has only the original image's values, so it has no arithmetic view.",
+      softmax: "See the softmax table above: the logits, their exponentials and the normalisation.",
+    }[row.type];
+    panel.append(eq(why ?? `No arithmetic view for a ${row.type} layer.`));
+  }
+  panel.dataset.kind = kind;
+  if (result !== null) {
+    const diff = Math.abs(result - served);
+    panel.dataset.result = result;
+    panel.dataset.activation = served;
+    panel.append(
+      eq(`/features returned ${fmt(served)} for this unit (the difference, ${diff.toExponential(1)}, is float32 rounding).`),
+    );
+  }
+}
+
+// ---------------------------------------------------------------- softmax and wiring
+
+function logitsRow() {
+  // The dense layer that feeds the softmax (through the temperature layer, where there is one).
+  const softmax = state.model.layers.find((r) => r.type === "softmax");
+  let row = state.model.layers.find((r) => r.name === softmax?.inputs?.[0]);
+  const temperature = row?.type === "scale" ? row : null;
+  if (temperature) row = state.model.layers.find((r) => r.name === temperature.inputs[0]);
+  return { softmax, temperature, logits: row?.type === "dense" ? row : null };
+}
+
+function showSoftmax() {
+  const { softmax, temperature, logits } = logitsRow();
+  const layer = state.layers.find((l) => l.row === softmax);
+  const acts = logits && activationOf(logits.name);
+  if (!layer || !acts) return;
+  const scale = temperature?.scale ?? 1;
+  const s = softmaxSteps(Array.from(acts.data), scale);
+  const table = el("table", "softmax");
+  table.id = "softmax-table";
+  const head = el("tr");
+  const zHead = temperature ? `z = logit ÷ T` : "z = logit";
+  head.append(el("th", "", "class"), el("th", "", `logit (${logits.name})`), el("th", "", zHead),
+    el("th", "", "e^(z − max z)"), el("th", "", "÷ sum = probability"), el("th", "", "served"));
+  table.append(head);
+  state.model.classes.forEach((cls, i) => {
+    const tr = el("tr");
+    const servedP = state.prediction.probabilities[cls];
+    Object.assign(tr.dataset, { class: cls, p: s.probabilities[i], served: servedP });
+    tr.append(el("td", "", cls), el("td", "", fmt(acts.data[i])), el("td", "", fmt(s.scaled[i])),
+      el("td", "", fmt(s.exps[i])), el("td", "", pct(s.probabilities[i])), el("td", "", pct(servedP)));
+    table.append(tr);
+  });
+  const cal = state.model.calibration;
+  const note = temperature
+    ? `Calibration: the logits are divided by the temperature T = ${fmt(1 / scale)}${
+        cal?.fitted_on ? `, fitted on ${cal.fitted_on}` : ""
+      }, so that a 90 % confidence is right about 90 % of the time. Then e^z for each class, divided by their sum ${fmt(s.total)}.`
+    : `e^z for each class, divided by their sum ${fmt(s.total)}.`;
+  let box = layer.body.querySelector(".softmax-steps");
+  if (!box) {
+    box = el("div", "softmax-steps");
+    layer.body.append(box);
+  }
+  box.replaceChildren(table, eq(note));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+const svg = (tag, attrs) => {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+};
+
+// The last dense layer as a node-link diagram: its inputs on the left, the classes on the right;
+// a class's strongest connections drawn, by |weight x activation|.
+function showWiring() {
+  const { logits } = logitsRow();
+  const layer = logits && state.layers.find((l) => l.row === logits);
+  const wts = logits && weightsOf(logits.name);
+  const input = logits && activationOf(logits.inputs?.[0]);
+  if (!layer || !wts || !input || !state.prediction) return;
+  const classes = state.model.classes;
+  const n = input.data.length;
+  const [W, H] = [560, Math.max(240, classes.length * 28)];
+  const yIn = (i) => 10 + (i * (H - 20)) / Math.max(1, n - 1);
+  const yOut = (k) => 20 + (k * (H - 40)) / Math.max(1, classes.length - 1);
+  let wrap = layer.body.querySelector(".wiring");
+  if (!wrap) {
+    wrap = el("div", "wiring");
+    layer.body.append(wrap);
+  }
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "group", "aria-label": `${logits.name}'s wiring: ${n} inputs from ${logits.inputs[0]} to ${classes.length} classes. Hover, tap or focus a class to see its strongest connections.` });
+  const edges = svg("g", { class: "edges" });
+  root.append(edges);
+  let peak = 0;
+  for (const v of input.data) peak = Math.max(peak, Math.abs(v));
+  for (let i = 0; i < n; i++) {
+    const t = Math.round(Math.min(1, Math.abs(input.data[i]) / (peak || 1)) * 255);
+    root.append(svg("circle", { cx: 40, cy: yIn(i), r: 3, fill: `rgb(${SEQUENTIAL[t * 3]},${SEQUENTIAL[t * 3 + 1]},${SEQUENTIAL[t * 3 + 2]})`, class: "in", "data-index": i }));
+  }
+  const info = el("p", "readout wiring-readout");
+  info.setAttribute("aria-live", "polite");
+  const draw = (k) => {
+    state.wiringClass = classes[k];
+    const top = strongestInputs(input, wts.kernel, classes.length, k, 12);
+    const most = Math.max(...top.map((t) => Math.abs(t.contribution))) || 1;
+    edges.replaceChildren(
+      ...top.map((t) =>
+        svg("line", {
+          x1: 40, y1: yIn(t.index), x2: W - 120, y2: yOut(k),
+          class: t.contribution >= 0 ? "pos" : "neg",
+          "stroke-width": 0.5 + (4 * Math.abs(t.contribution)) / most,
+          "data-from": t.index, "data-weight": t.weight, "data-activation": t.activation, "data-contribution": t.contribution,
+        }),
+      ),
+    );
+    for (const g of root.querySelectorAll("g.class")) g.classList.toggle("on", g.dataset.class === classes[k]);
+    const list = top.slice(0, 5).map((t) => `unit ${t.index} (${fmt(t.activation)} × ${fmt(t.weight)} = ${fmt(t.contribution)})`).join(", ");
+    info.textContent = `Class “${classes[k]}”: its logit ${fmt(layerValue(layer, k))} is the bias plus ${n} such products; the strongest: ${list}. Red raises the score, blue lowers it.`;
+    wrap.dataset.class = classes[k];
+  };
+  classes.forEach((cls, k) => {
+    const g = svg("g", { class: "class", tabindex: 0, role: "button", "data-class": cls, "aria-label": `class ${cls}: show its strongest connections` });
+    g.append(svg("circle", { cx: W - 120, cy: yOut(k), r: 7 }));
+    const label = svg("text", { x: W - 106, y: yOut(k) + 4 });
+    label.textContent = `${cls} ${pct(state.prediction.probabilities[cls])}`;
+    g.append(label);
+    g.addEventListener("pointerenter", () => draw(k));
+    g.addEventListener("pointerdown", () => draw(k));
+    g.addEventListener("focus", () => draw(k));
+    root.append(g);
+  });
+  wrap.replaceChildren(root, info);
+  const keep = classes.indexOf(state.wiringClass);
+  draw(keep >= 0 ? keep : classes.indexOf(state.prediction.label));
+}
+
+function layerValue(layer, i) {
+  return layer.data ? layer.data[i] : NaN;
+}
+
+// ---------------------------------------------------------------- trying the seed's filters
+
+const KERNELS = {
+  identity: [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+  "edge detection 1": [[1, 0, -1], [0, 0, 0], [-1, 0, 1]],
+  "edge detection 2": [[0, 1, 0], [1, -4, 1], [0, 1, 0]],
+  "edge detection 3": [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]],
+  sharpen: [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
+  "box blur": [[1 / 9, 1 / 9, 1 / 9], [1 / 9, 1 / 9, 1 / 9], [1 / 9, 1 / 9, 1 / 9]],
+  "Gaussian blur": [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]],
+};
+
+function setupTry() {
+  const preset = $("try-kernel");
+  preset.replaceChildren(...Object.keys(KERNELS).map((k) => new Option(k, k)), new Option("your own (edited)", "custom"));
+  const cells = $("try-cells");
+  for (let i = 0; i < 9; i++) {
+    const input = Object.assign(document.createElement("input"), { type: "number", step: "any", value: "0" });
+    input.setAttribute("aria-label", `kernel row ${Math.floor(i / 3) + 1}, column ${(i % 3) + 1}`);
+    input.addEventListener("input", () => {
+      preset.value = "custom";
+      tryKernel();
+    });
+    cells.append(input);
+  }
+  const fill = () => {
+    const k = KERNELS[preset.value];
+    if (!k) return;
+    k.flat().forEach((v, i) => (cells.children[i].value = Number(v.toFixed(4))));
+    tryKernel();
+  };
+  preset.addEventListener("change", fill);
+  $("try").addEventListener("toggle", () => $("try").open && fill());
+}
+
+let tryTimer = null;
+function tryKernel() {
+  clearTimeout(tryTimer);
+  tryTimer = setTimeout(runKernel, 60);
+}
+
+async function runKernel() {
+  if (!$("try").open || !state.inputData) return;
+  const [h, w, c] = state.model.input.shape;
+  const image = [];
+  for (let y = 0; y < h; y++) {
+    const row = [];
+    for (let x = 0; x < w; x++) {
+      let v = 0;
+      for (let k = 0; k < c; k++) v += state.inputData[(y * w + x) * c + k];
+      row.push(v / c); // colour: the mean of the channels
+    }
+    image.push(row);
+  }
+  const values = [...$("try-cells").children].map((i) => Number(i.value));
+  if (values.some((v) => !Number.isFinite(v))) {
+    $("try-cap").textContent = "Every kernel cell must be a number.";
+    return;
+  }
+  const kernel = [values.slice(0, 3), values.slice(3, 6), values.slice(6, 9)];
+  try {
+    const res = await fetch("/convolve", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image, kernel }),
+    });
+    const body = await res.json();
+    if (!res.ok) throw new Error(body?.error?.message ?? res.status);
+    const flat = new Float32Array(body.data.flat());
+    const canvas = $("try-out");
+    canvas.width = body.shape[1];
+    canvas.height = body.shape[0];
+    const signed = body.min < 0;
+    paint(canvas, flat, 0, 1, flat.length, body.shape[1], scale(body.min, body.max, signed));
+    canvas.dataset.values = JSON.stringify(body.data);
+    canvas.dataset.kernel = JSON.stringify(kernel);
+    $("try-cap").textContent = `${$("try-kernel").selectedOptions[0].text} applied to the ${h}×${w} input${
+      c > 1 ? " (grey: the mean of its colours)" : ""
+    }, computed by the service (POST /convolve): values ${fmt(body.min)} to ${fmt(body.max)}${signed ? ", white = 0" : ""}.`;
+    document.body.dataset.tried = Number(document.body.dataset.tried || 0) + 1;
+  } catch (err) {
+    $("try-cap").textContent = `Could not apply the kernel: ${err.message}`;
+  }
+}
+
 // ---------------------------------------------------------------- rendering a response
 
 function showInput(input) {
@@ -439,6 +965,7 @@ function showInput(input) {
   }
   ctx.putImageData(img, 0, 0);
   state.input = { shape: input.shape, canvas };
+  state.inputData = data;
 }
 
 function paintLayers() {
@@ -508,8 +1035,13 @@ function showFeatures(res) {
       layer.summary.textContent = `${prediction.label}: ${pct(prediction.confidence)}`;
     }
   }
+  state.prediction = prediction;
   clearInspect();
   paintLayers();
+  showSoftmax();
+  showWiring();
+  if (state.selected) select(state.selected);
+  runKernel();
 }
 
 function showGradcam(res) {
@@ -572,6 +1104,7 @@ async function send(blob) {
     if (model === state.model) {
       showFeatures(features);
       if (cam) showGradcam(cam);
+      loadWeights(model); // after the first classification: it never waits for them
       state.updates += 1;
       document.body.dataset.updates = state.updates;
       setStatus(`Classified as ${features.prediction.label}.`);
@@ -752,6 +1285,12 @@ function selectModel(name) {
   const model = state.models.find((m) => m.name === name) ?? state.models[0];
   state.model = model;
   state.camClass = "";
+  state.weights = null;
+  state.selected = null;
+  state.wiringClass = null;
+  state.inputData = null;
+  state.prediction = null;
+  delete document.body.dataset.weights;
   // What was drawn for the previous model is not sent again when its request returns.
   state.body = null;
   state.pending = false;
@@ -784,6 +1323,7 @@ function selectModel(name) {
 async function main() {
   setupPad();
   setupInputs();
+  setupTry();
   try {
     const [models, samples] = await Promise.all([
       api("/models"),
