@@ -15,6 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 METADATA_PATH = Path("assets.extra") / "metadata.json"
+# Optional, beside the SavedModel: the network at a few moments of its training (training/snapshots.py).
+SNAPSHOTS_FOLDER = "snapshots"
+SNAPSHOTS_FILE = "snapshots.json"
 FORMATS = (1, 2)
 # images.py implements each; adding a policy is one entry here and one branch there.
 RESIZE_POLICIES = ("mnist_digit", "center_crop")
@@ -133,16 +136,41 @@ class ModelMetadata(_Strict):
     uncertainty: Uncertainty | None = None
 
 
+class Snapshot(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9]+$")
+    label: str
+    epoch: float = Field(ge=0)
+    step: int = Field(ge=0)
+    file: str = Field(pattern=r"^[a-z0-9]+\.tflite$")  # a LiteRT flatbuffer in the same folder
+
+
+class Snapshots(_Strict):
+    """`snapshots/snapshots.json`: each snapshot's engine takes the served model's input and has
+    one signature, `serving_default`, whose output `probabilities` is the softmax."""
+
+    format: Literal[1]
+    snapshots: list[Snapshot] = Field(min_length=1)
+    history: dict[str, list[float]]  # per epoch: loss, val_loss, accuracy, val_accuracy
+
+
 def validate(metadata: Any, source: str) -> dict[str, Any]:
     """`metadata` itself when it follows the schema; else MetadataError naming each bad key."""
+    return _validated(ModelMetadata, metadata, source)
+
+
+def validate_snapshots(index: Any, source: str) -> dict[str, Any]:
+    return _validated(Snapshots, index, source)
+
+
+def _validated(schema: type[BaseModel], data: Any, source: str) -> dict[str, Any]:
     try:
-        ModelMetadata.model_validate(metadata)
+        schema.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
         )
         raise MetadataError(f"{source}: {problems}") from None
-    return metadata
+    return data
 
 
 def read(model_path: Path) -> dict[str, Any]:
@@ -153,3 +181,15 @@ def read(model_path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise MetadataError(f"{path}: not readable JSON ({exc})") from exc
     return validate(raw, str(path))
+
+
+def read_snapshots(model_path: Path) -> dict[str, Any] | None:
+    """A version's snapshot index, validated; None when the version has none."""
+    path = Path(model_path) / SNAPSHOTS_FOLDER / SNAPSHOTS_FILE
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MetadataError(f"{path}: not readable JSON ({exc})") from exc
+    return validate_snapshots(raw, str(path))

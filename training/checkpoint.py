@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 
+from training import snapshots
 from training.recipes import Recipe
 from training.train import TrainResult
 
@@ -30,13 +31,14 @@ def save(result: TrainResult, folder: Path) -> None:
         "history": result.history,
         "evaluation": result.evaluation,
         "training": result.training,
+        "snapshots": snapshots.save(result.snapshots, folder) if result.snapshots else [],
     }
     (folder / RESULT_FILE).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def from_saved_model(version_dir: Path, recipe: Recipe) -> TrainResult:
     """A model exported before checkpoints existed: the recipe's architecture with the weights
-    read from the SavedModel's variables (by layer and variable name), and the figures from its
+    read from the SavedModel's variables (`_matching`), and the figures from its
     report. Used to give an existing version calibration without training it again."""
     import tensorflow as tf
 
@@ -46,21 +48,36 @@ def from_saved_model(version_dir: Path, recipe: Recipe) -> TrainResult:
         loaded = tf.saved_model.load(str(version_dir))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{version_dir}: not a readable export ({exc})") from exc
-    saved = {v.name.removesuffix(":0").split("/", 1)[-1]: v for v in loaded.variables}
     model = recipe.build(len(recipe.classes), recipe.dropout)
-    for variable in model.weights:
-        key = variable.path.split("/", 1)[-1] if variable.path.count("/") > 1 else variable.path
-        if key not in saved:
-            raise CheckpointError(f"{version_dir}: no variable {key!r} (has {sorted(saved)})")
-        if tuple(saved[key].shape) != tuple(variable.shape):
-            raise CheckpointError(f"{version_dir}: {key!r} has shape {saved[key].shape}")
-        variable.assign(saved[key].numpy())
+    matched = _matching(loaded.variables, model, version_dir)
+    for variable, value in zip(model.weights, matched, strict=True):
+        variable.assign(value.numpy())
     # The version the weights come from, by name: where they were trained and how.
     figures["training"] = {
         **figures["training"],
         "weights_from": f"{recipe.name} v{version_dir.name}",
     }
     return TrainResult(model=model, **figures)
+
+
+def _matching(saved: list, model: keras.Model, version_dir: Path) -> list:
+    """The SavedModel's variable for each of the model's weights. Exports track the variables in
+    the model's own order, named "<layer>/<variable>" (older exports prefix the model's name),
+    with others between them (dropout's seed state): each weight is the next variable of its
+    layer, name and shape."""
+    remaining = iter(saved)
+    matched = []
+    for weight in model.weights:
+        want = "/".join(weight.path.split("/")[-2:])  # "conv1/kernel"
+        for value in remaining:
+            if value.name.removesuffix(":0").endswith(want):
+                break
+        else:
+            raise CheckpointError(f"{version_dir}: no variable {want!r} where the recipe has one")
+        if tuple(value.shape) != tuple(weight.shape):
+            raise CheckpointError(f"{version_dir}: {want!r} has shape {value.shape}")
+        matched.append(value)
+    return matched
 
 
 def load(folder: Path, recipe: Recipe) -> TrainResult:
@@ -81,4 +98,7 @@ def load(folder: Path, recipe: Recipe) -> TrainResult:
         model.set_weights(saved.get_weights())
     except ValueError as exc:
         raise CheckpointError(f"{folder}: not the {recipe.name} recipe's network ({exc})") from exc
-    return TrainResult(model=model, **figures)
+    # Checkpoints made before snapshots existed have none.
+    infos = figures.pop("snapshots", [])
+    taken = snapshots.load(infos, folder) if infos else []
+    return TrainResult(model=model, snapshots=taken, **figures)

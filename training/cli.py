@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             result.training,
             result.evaluation,
             calibrated,
+            result.snapshots,
+            result.history,
         )
     except FileExistsError as exc:  # an explicit version taken while this run trained
         print(f"error: {exc}", file=sys.stderr)

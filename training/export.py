@@ -34,6 +34,8 @@ from service.metadata import METADATA_PATH, validate
 from training.architectures import FlipBatch, FlipMean
 from training.calibration import FeatureDistance, FeatureGaussians
 from training.recipes import Recipe
+from training.snapshots import Snapshot
+from training.snapshots import export as write_snapshots
 
 METADATA_FORMAT = 2  # 2: calibration, uncertainty and the distance output
 PREDICT_SIGNATURE = "serving_default"
@@ -235,6 +237,8 @@ def export(
     training: dict[str, Any],
     evaluation: dict[str, Any],
     calibrated: Calibrated,
+    snapshots: list[Snapshot] = (),
+    history: dict[str, list[float]] | None = None,
 ) -> Path:
     """Write the model as `out_dir/<name>/<version>` and return that path. With `version` None,
     the version is the next free one when the export is renamed into place, so runs that end
@@ -284,6 +288,13 @@ def export(
     staging = model_dir / f".{os.getpid()}.partial"
     shutil.rmtree(staging, ignore_errors=True)  # left by a dead run that had our pid
     archive.write_out(str(staging), verbose=False)
+    if snapshots:
+        write_snapshots(
+            list(snapshots),
+            lambda: recipe.build(len(recipe.classes), recipe.dropout),
+            history or {},
+            staging,
+        )
 
     metadata = {
         "format_version": METADATA_FORMAT,

@@ -6,7 +6,7 @@ import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -16,6 +16,7 @@ import tensorflow as tf
 from training import calibration, data
 from training.export import Calibrated, logits_and_embedding
 from training.recipes import Recipe
+from training.snapshots import Snapshot, SnapshotRecorder
 
 
 @dataclass
@@ -24,6 +25,7 @@ class TrainResult:
     history: dict[str, list[float]]
     evaluation: dict
     training: dict
+    snapshots: list[Snapshot] = field(default_factory=list)  # the network while it learned
 
 
 def elastic_distort(images: tf.Tensor, alpha: float, sigma: float) -> tf.Tensor:
@@ -255,6 +257,16 @@ def distillation_loss(alpha: float, temperature: float):
     return loss
 
 
+class StopAfter(keras.callbacks.Callback):
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+
+
 def label_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Accuracy against the label in column 0 of distillation targets."""
     labels = tf.cast(y_true[:, 0], tf.int64)
@@ -262,7 +274,14 @@ def label_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 
 
 def _fit(
-    model: keras.Model, recipe: Recipe, train_ds, val_ds, epochs: int, loss, metric
+    model: keras.Model,
+    recipe: Recipe,
+    train_ds,
+    val_ds,
+    epochs: int,
+    loss,
+    metric,
+    callbacks: list[keras.callbacks.Callback] = (),
 ) -> keras.callbacks.History:
     per_epoch = max(1, int(train_ds.cardinality().numpy()))
     warmup = min(recipe.warmup_epochs, epochs - 1) * per_epoch
@@ -275,7 +294,11 @@ def _fit(
     model.compile(optimizer=_optimizer(recipe, schedule), loss=loss, metrics=[metric])
     # A live progress bar on a terminal; one line per epoch in a log file.
     return model.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, verbose=1 if sys.stdout.isatty() else 2
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=list(callbacks),
     )
 
 
@@ -345,9 +368,12 @@ def train(
     epochs: int | None = None,
     max_batches: int | None = None,
     tuning_split: bool = False,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train and evaluate on the seeded split; with `tuning_split`, on a split of its training
-    part instead, so that hyperparameters are chosen without ever scoring the validation images."""
+    part instead, so that hyperparameters are chosen without ever scoring the validation images.
+    With `stop_after`, the first epochs of the same run only, schedule included (a replay:
+    training/snapshots.py)."""
     # Checked here as well as in the CLI: 0 would train nothing, or on nothing.
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be 1 or more, got {epochs}")
@@ -372,7 +398,11 @@ def train(
         targets, loss, metric = None, "sparse_categorical_crossentropy", "accuracy"
     train_ds, val_ds, x_val, y_val = make_datasets(recipe, ds, seed, max_batches, targets)
     model = recipe.build(len(recipe.classes), recipe.dropout)
-    history = _fit(model, recipe, train_ds, val_ds, epochs, loss, metric)
+    recorder = SnapshotRecorder(final=stop_after is None)
+    callbacks: list[keras.callbacks.Callback] = [recorder]
+    if stop_after is not None:
+        callbacks.append(StopAfter(stop_after))
+    history = _fit(model, recipe, train_ds, val_ds, epochs, loss, metric, callbacks)
     wall = time.monotonic() - started
     evaluation = evaluate(model, x_val, y_val, recipe.classes)
     if tuning_split:
@@ -401,9 +431,16 @@ def train(
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "smoke_run": max_batches is not None,
+        "max_batches": max_batches,
     }
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    return TrainResult(model=model, history=hist, evaluation=evaluation, training=training)
+    return TrainResult(
+        model=model,
+        history=hist,
+        evaluation=evaluation,
+        training=training,
+        snapshots=recorder.snapshots,
+    )
 
 
 def _same_split(
