@@ -457,6 +457,23 @@ def test_phone_sized_screen(browser, server):
         box = pg.locator("#layer-pool1 .map[data-channel='0']").bounding_box()
         pg.touchscreen.tap(box["x"] + box["width"] * 0.5 / 14, box["y"] + box["height"] * 0.5 / 14)
         assert box_of(pg, "#layer-relu1 .map[data-channel='0'] .box.window") == (0, 0, 2, 2)
+        # Tapping a conv unit opens its arithmetic; tapping a class shows its wiring.
+        pg.wait_for_selector("body[data-weights=mnist]")
+        pg.locator("#layer-conv2 .map[data-channel='3']").scroll_into_view_if_needed()
+        box = pg.locator("#layer-conv2 .map[data-channel='3']").bounding_box()
+        pg.touchscreen.tap(box["x"] + box["width"] * 4.5 / 10, box["y"] + box["height"] * 5.5 / 10)
+        panel = arith(pg)
+        assert (panel["layer"], panel["kind"]) == ("conv2", "conv")
+        assert float(panel["result"]) == pytest.approx(float(panel["activation"]), abs=1e-4)
+        wiring = pg.locator("#layer-fc3 .wiring")
+        other = next(c for c in "0123456789" if c != top_class(pg))
+        node = wiring.locator(f"g.class[data-class='{other}'] circle")
+        node.scroll_into_view_if_needed()
+        box = node.bounding_box()
+        pg.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert wiring.get_attribute("data-class") == other
+        overflow = pg.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0
         pg.evaluate("window.scrollTo(0, 0)")
         shot(pg, "phone")
     finally:
@@ -503,3 +520,285 @@ def test_drawing_a_digit_makes_the_right_class_win(page, mnist_server, digit):
         )
         assert page.locator("#layer-relu1 .box.window").count() == 1
     assert_clean(page, mnist_server.url)
+
+
+# ------------------------------------------------------------------ teaching views (issue 33)
+
+
+def features_of(url: str, model: str, sample: dict) -> dict[str, np.ndarray]:
+    """Every layer's activations (and "image": the input) for a sample, from the API itself."""
+    body = requests.post(
+        f"{url}/features/{model}?encoding=base64",
+        data=(ROOT / "service/explorer/samples" / sample["file"]).read_bytes(),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    ).json()
+
+    def arr(block: dict) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(block["data"]), "<f4").reshape(block["shape"])
+
+    acts = {layer["name"]: arr(layer) for layer in body["layers"]}
+    acts["image"] = arr(body["input"])
+    return acts
+
+
+def weights_of(url: str, model: str) -> dict[str, dict[str, np.ndarray | None]]:
+    body = requests.get(f"{url}/models/{model}/weights?encoding=base64", timeout=60).json()
+    return {
+        layer["name"]: {
+            k: np.frombuffer(base64.b64decode(v["data"]), "<f4").reshape(v["shape"]) if v else None
+            for k, v in layer.items()
+            if k not in ("name", "type")
+        }
+        for layer in body["layers"]
+    }
+
+
+def with_weights(page, model: str) -> dict:
+    """Click the model's first sample and wait until the page has fetched the weights."""
+    sample = click_sample(page, model)
+    page.wait_for_selector(f"body[data-weights={model}]")
+    return sample
+
+
+def click_unit(page, layer: str, shape: list[int], ch: int, y: int, x: int) -> dict:
+    hover_unit(page, f"#layer-{layer} .map[data-channel='{ch}']", shape, y, x)
+    page.mouse.down()
+    page.mouse.up()
+    return arith(page)
+
+
+def click_strip_unit(page, layer: str, n: int, unit: int) -> dict:
+    canvas = page.locator(f"#layer-{layer} .strip canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    cols = min(n, 50)
+    rows = -(-n // cols)
+    page.mouse.click(
+        box["x"] + (unit % cols + 0.5) * box["width"] / cols,
+        box["y"] + (unit // cols + 0.5) * box["height"] / rows,
+    )
+    return arith(page)
+
+
+def arith(page) -> dict:
+    return page.locator("#arith").evaluate("e => ({...e.dataset, text: e.innerText})")
+
+
+def assert_agrees(panel: dict, served: np.ndarray) -> None:
+    """The page's own arithmetic equals the activation it was sent, which is the API's."""
+    result, activation = float(panel["result"]), float(panel["activation"])
+    assert activation == pytest.approx(float(served.reshape(-1)[int(panel["index"])]), abs=1e-6)
+    assert result == pytest.approx(activation, abs=1e-4 * max(1.0, abs(activation)))
+
+
+# The units clicked: (layer, channel, row, column) on maps, (layer, unit) on strips; corners
+# included, where "same" padding puts zeros in the patch.
+UNITS = {
+    "mnist": {
+        "maps": [("conv1", 0, 14, 14), ("conv1", 5, 0, 27), ("conv2", 3, 4, 6), ("relu2", 7, 5, 5)],
+        "strips": [("fc1", 17), ("fc2", 3), ("fc3", 7), ("temperature", 2)],
+    },
+    "scenes": {
+        "maps": [
+            ("conv1", 2, 0, 0),
+            ("conv1", 31, 16, 9),
+            ("bn1", 4, 10, 10),
+            ("b1_1_add", 8, 3, 30),
+            ("b2_1_conv_a", 40, 15, 0),
+            ("b2_1_shortcut_conv", 5, 7, 7),
+            ("b3_2_conv_b", 100, 4, 4),
+        ],
+        "strips": [("gap", 9), ("fc", 1), ("temperature", 3)],
+    },
+}
+
+
+@pytest.mark.parametrize("model", ["mnist", "scenes"])
+def test_the_arithmetic_at_a_unit_gives_the_served_activation(page, server, model):
+    info = open_explorer(page, server.url, model)
+    sample = with_weights(page, model)
+    acts = features_of(server.url, model, sample)
+    rows = {r["name"]: r for r in info["layers"]}
+    for layer, ch, y, x in UNITS[model]["maps"]:
+        panel = click_unit(page, layer, rows[layer]["output_shape"], ch, y, x)
+        assert panel["layer"] == layer and panel["kind"] == rows[layer]["type"], panel
+        assert_agrees(panel, acts[layer])
+        if panel["kind"] == "conv":
+            kh, kw = rows[layer]["kernel_size"]
+            tables = page.locator("#arith .channel").first.locator("table")
+            assert tables.count() == 3  # patch, kernel, products
+            assert tables.first.locator("td").count() == kh * kw
+            assert "sum of products" in panel["text"] and "bias" in panel["text"]
+    for layer, unit in UNITS[model]["strips"]:
+        panel = click_strip_unit(page, layer, rows[layer]["output_shape"][0], unit)
+        assert panel["layer"] == layer and int(panel["index"]) == unit
+        assert_agrees(panel, acts[layer])
+        if rows[layer]["type"] == "dense":
+            assert "largest products" in panel["text"]
+    shot(page, f"{model}-arithmetic")
+    assert_clean(page, server.url)
+
+
+def test_the_arithmetic_follows_the_keyboard_and_says_where_there_is_none(page, server):
+    info = open_explorer(page, server.url, "scenes")
+    sample = with_weights(page, "scenes")
+    acts = features_of(server.url, "scenes", sample)
+    page.locator("#layer-conv1 .grid").focus()
+    for key in ("ArrowDown", "ArrowDown", "ArrowRight", "PageDown"):
+        page.keyboard.press(key)
+    panel = arith(page)
+    assert panel["text"].startswith("conv1 (conv), map 1, row 2, column 1")
+    assert_agrees(panel, acts["conv1"])
+    # A strip by keyboard: focus it and step right.
+    page.locator("#layer-fc .strip canvas").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    panel = arith(page)
+    assert (panel["layer"], panel["index"]) == ("fc", "1")
+    assert_agrees(panel, acts["fc"])
+    # The mirror layers have no arithmetic to show, and the page says so.
+    flip = next(r for r in info["layers"] if r["type"] == "flip")
+    panel = click_unit(page, flip["name"], flip["output_shape"], 0, 3, 3)
+    assert panel["kind"] == "none" and "mirror image" in panel["text"]
+    assert "result" not in panel
+    panel = click_strip_unit(page, "flip_mean", 128, 5)
+    assert panel["kind"] == "none" and "no arithmetic view" in panel["text"]
+    assert_clean(page, server.url)
+
+
+@pytest.mark.parametrize("model", ["mnist", "scenes"])
+def test_filters_sit_above_their_maps_coloured_around_zero(page, server, model):
+    info = open_explorer(page, server.url, model)
+    with_weights(page, model)
+    weights = weights_of(server.url, model)
+    for row in info["layers"]:
+        if row["type"] != "conv":
+            continue
+        filters = page.locator(f"#layer-{row['name']} .filters canvas")
+        assert filters.count() == row["filters"], row["name"]
+    # conv1's first filter, summed over its input channels: red where positive, blue where
+    # negative (the diverging scale is white at zero).
+    kernel = weights["conv1"]["kernel"].sum(axis=2)[..., 0]
+    pixels = np.array(
+        page.locator("#layer-conv1 .filters canvas").first.evaluate(
+            "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+        )
+    ).reshape(*kernel.shape, 4)
+    strong = np.abs(kernel) > 0.3 * np.abs(kernel).max()
+    assert strong.any()
+    red_minus_blue = pixels[..., 0].astype(int) - pixels[..., 2].astype(int)
+    assert (np.sign(red_minus_blue[strong]) == np.sign(kernel[strong])).all()
+    conv1 = next(r for r in info["layers"] if r["name"] == "conv1")
+    label = page.locator("#layer-conv1 .filters").get_attribute("aria-label")
+    assert f"conv1's {conv1['filters']} filters" in label
+    assert_clean(page, server.url)
+
+
+@pytest.mark.parametrize("model", ["mnist", "scenes"])
+def test_softmax_is_shown_step_by_step(page, server, model):
+    info = open_explorer(page, server.url, model)
+    click_sample(page, model)
+    rows = page.locator("#softmax-table tr[data-class]")
+    assert rows.count() == len(info["classes"])
+    for i in range(rows.count()):
+        p, served = (float(rows.nth(i).get_attribute(k)) for k in ("data-p", "data-served"))
+        assert p == pytest.approx(served, abs=1e-5)
+    temperature = info["calibration"]["temperature"]
+    text = page.locator("#layer-softmax .softmax-steps").inner_text()
+    assert f"T = {temperature:.3g}" in text
+    assert_clean(page, server.url)
+
+
+@pytest.mark.parametrize("model", ["mnist", "scenes"])
+def test_wiring_shows_a_classes_strongest_connections(page, server, model):
+    info = open_explorer(page, server.url, model)
+    sample = with_weights(page, model)
+    acts = features_of(server.url, model, sample)
+    weights = weights_of(server.url, model)
+    logits = next(r for r in reversed(info["layers"]) if r["type"] == "dense")
+    source = logits["inputs"][0]
+    wiring = page.locator(f"#layer-{logits['name']} .wiring")
+    predicted = top_class(page)
+    assert wiring.get_attribute("data-class") == predicted
+
+    def check(cls: str) -> None:
+        k = info["classes"].index(cls)
+        contribution = acts[source] * weights[logits["name"]]["kernel"][:, k]
+        want = np.argsort(-np.abs(contribution), kind="stable")[:12]
+        lines = wiring.locator("line")
+        got = [int(lines.nth(i).get_attribute("data-from")) for i in range(lines.count())]
+        assert set(got) == set(want.tolist())
+        for i in range(lines.count()):
+            c = float(lines.nth(i).get_attribute("data-contribution"))
+            assert c == pytest.approx(contribution[got[i]], rel=1e-5, abs=1e-6)
+
+    check(predicted)
+    other, third = [c for c in info["classes"] if c != predicted][:2]
+    wiring.locator(f"g.class[data-class='{other}']").hover()  # mouse
+    assert wiring.get_attribute("data-class") == other
+    check(other)
+    wiring.locator(f"g.class[data-class='{third}']").focus()  # keyboard
+    assert wiring.get_attribute("data-class") == third
+    check(third)
+    shot(page, f"{model}-wiring")
+    assert_clean(page, server.url)
+
+
+SEED_KERNELS = {
+    "identity": [[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+    "edge detection 1": [[1, 0, -1], [0, 0, 0], [-1, 0, 1]],
+    "edge detection 2": [[0, 1, 0], [1, -4, 1], [0, 1, 0]],
+    "edge detection 3": [[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]],
+    "sharpen": [[0, -1, 0], [-1, 5, -1], [0, -1, 0]],
+    "box blur": [[1 / 9] * 3] * 3,
+    "Gaussian blur": [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]],
+}
+
+
+def convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    padded = np.pad(image, 1)
+    out = np.zeros_like(image)
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            out[y, x] = (padded[y : y + 3, x : x + 3] * kernel).sum()
+    return out
+
+
+@pytest.mark.parametrize("model", ["mnist", "scenes"])
+def test_trying_the_seeds_kernels_on_the_input(page, server, model):
+    open_explorer(page, server.url, model)
+    sample = click_sample(page, model)
+    grey = features_of(server.url, model, sample)["image"].astype(np.float64).mean(axis=2)
+
+    def result() -> tuple[np.ndarray, np.ndarray]:
+        out = page.locator("#try-out")
+        return (
+            np.array(json.loads(out.get_attribute("data-values"))),
+            np.array(json.loads(out.get_attribute("data-kernel"))),
+        )
+
+    def tried() -> int:
+        return int(page.evaluate("Number(document.body.dataset.tried || 0)"))
+
+    # Opened with the keyboard.
+    page.locator("#try summary").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("Number(document.body.dataset.tried || 0) > 0")
+    for name, kernel in SEED_KERNELS.items():
+        before = tried()
+        page.select_option("#try-kernel", name)
+        page.wait_for_function("n => Number(document.body.dataset.tried || 0) > n", arg=before)
+        values, sent = result()
+        np.testing.assert_allclose(sent, kernel, atol=5e-5)  # the cells hold 4 decimals
+        np.testing.assert_allclose(values, convolve_same(grey, sent), rtol=1e-9, atol=1e-9)
+    # An edited kernel: one cell changed makes it the user's own.
+    before = tried()
+    page.get_by_label("kernel row 2, column 2").fill("2.5")
+    page.wait_for_function("n => Number(document.body.dataset.tried || 0) > n", arg=before)
+    assert page.locator("#try-kernel").input_value() == "custom"
+    values, sent = result()
+    assert sent[1, 1] == 2.5
+    np.testing.assert_allclose(values, convolve_same(grey, sent), rtol=1e-9, atol=1e-9)
+    shot(page, f"{model}-try-kernel")
+    assert_clean(page, server.url)
