@@ -486,6 +486,50 @@ def test_tfserving_status_metadata_predict_and_classify(server):
     assert r.status_code == 404 and isinstance(r.json()["error"], str)
 
 
+def test_tfserving_uncertain_signature_carries_the_native_flag(server):
+    """`signature_name: "uncertain"`: each row is the probabilities and /predict's flag, as TF
+    Serving answers a signature with two outputs; refused where the version has no rule."""
+    blank = corpus.png(np.full((40, 40), 255, np.uint8))
+    images = [DIGIT, blank]
+    url = f"{server.url}/v1/models/mnist"
+    native = [
+        requests.post(
+            f"{server.url}/predict/mnist", data=i, headers={"Content-Type": "image/png"}, timeout=30
+        ).json()["predictions"][0]
+        for i in images
+    ]
+    assert [p["uncertain"] for p in native] == [False, True]
+    sigs = requests.get(f"{url}/metadata", timeout=10).json()["metadata"]["signature_def"]
+    outputs = sigs["signature_def"]["uncertain"]["outputs"]
+    assert outputs["uncertain"]["dtype"] == "DT_BOOL" and set(outputs) == {
+        "probabilities",
+        "uncertain",
+    }
+
+    rows = [{"b64": b64(i)} for i in images]
+    body = {"signature_name": "uncertain", "instances": rows}
+    r = requests.post(f"{url}:predict", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    assert [row["uncertain"] for row in got] == [False, True]
+    np.testing.assert_array_equal(
+        np.float32([row["probabilities"] for row in got]), predict(server, *images)
+    )
+    body = {"signature_name": "uncertain", "inputs": {"image": rows}}
+    columns = requests.post(f"{url}:predict", json=body, timeout=30).json()["outputs"]
+    assert columns["uncertain"] == [False, True]
+    np.testing.assert_array_equal(np.float32(columns["probabilities"]), predict(server, *images))
+
+    # A signature for :predict only; and mnist v3 was exported before the rule existed.
+    body = {"signature_name": "uncertain", "examples": [{"image": rows[0]}]}
+    assert requests.post(f"{url}:classify", json=body, timeout=30).status_code == 400
+    body = {"signature_name": "uncertain", "instances": rows[:1]}
+    r = requests.post(f"{url}/versions/3:predict", json=body, timeout=60)
+    assert r.status_code == 400 and "uncertain" in r.json()["error"], r.text
+    sigs = requests.get(f"{url}/versions/3/metadata", timeout=10).json()["metadata"]
+    assert set(sigs["signature_def"]["signature_def"]) == {"serving_default"}
+
+
 # --- One service underneath: metrics --------------------------------------------------------------
 
 

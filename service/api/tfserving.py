@@ -3,8 +3,10 @@ one request path, so TF Serving clients and `kserve`'s V1 REST client work uncha
 
 An instance is a float array of the model's input shape, already preprocessed as the metadata
 says, or `{"b64": "<encoded image>"}`, decoded and preprocessed exactly as on /predict; either may
-be named by the input, `{"image": ...}`. `:predict` answers the probabilities, `:classify` every
-class and its probability, best first. Errors are `{"error": "<message>"}`, as TF Serving writes
+be named by the input, `{"image": ...}`. `:predict` answers the probabilities; with
+`"signature_name": "uncertain"` (models exported with the rule), each row is the probabilities
+and the native API's `uncertain` flag, as TF Serving answers a signature of two outputs.
+`:classify` answers every class and its probability, best first. Errors are `{"error": "<message>"}`, as TF Serving writes
 them (errors.register, by prefix), with the native API's statuses.
 """
 
@@ -24,7 +26,9 @@ PREFIX = "/v1"
 bp = Blueprint("tfserving", __name__, url_prefix=PREFIX)
 
 SIGNATURE = "serving_default"
-INPUT, OUTPUT = "image", "probabilities"
+# Outputs the probabilities and the `uncertain` flag (DT_BOOL), for versions with the rule.
+UNCERTAIN_SIGNATURE = "uncertain"
+INPUT, OUTPUT, FLAG = "image", "probabilities", "uncertain"
 
 
 def _version_status(version: int) -> dict:
@@ -50,9 +54,9 @@ def status(model: str, version: str | None = None):
     )
 
 
-def _tensor_info(name: str, dims: list[int]) -> dict:
+def _tensor_info(name: str, dims: list[int], dtype: str = "DT_FLOAT") -> dict:
     return {
-        "dtype": "DT_FLOAT",
+        "dtype": dtype,
         "tensor_shape": {
             "dim": [{"size": str(d), "name": ""} for d in dims],
             "unknown_rank": False,
@@ -65,15 +69,21 @@ def _tensor_info(name: str, dims: list[int]) -> dict:
 @bp.get("/models/<model>/versions/<version>/metadata")
 def metadata(model: str, version: str | None = None):
     m = get_version(model, version)
-    signature = {
-        "inputs": {INPUT: _tensor_info(INPUT, [-1, *m.input_shape])},
-        "outputs": {OUTPUT: _tensor_info(OUTPUT, [-1, len(m.classes)])},
-        "method_name": "tensorflow/serving/predict",
-    }
+    inputs = {INPUT: _tensor_info(INPUT, [-1, *m.input_shape])}
+    outputs = {OUTPUT: _tensor_info(OUTPUT, [-1, len(m.classes)])}
+    method = "tensorflow/serving/predict"
+    signatures = {SIGNATURE: {"inputs": inputs, "outputs": outputs, "method_name": method}}
+    if m.uncertainty:
+        flagged = {**outputs, FLAG: _tensor_info(FLAG, [-1], "DT_BOOL")}
+        signatures[UNCERTAIN_SIGNATURE] = {
+            "inputs": inputs,
+            "outputs": flagged,
+            "method_name": method,
+        }
     return jsonify(
         {
             "model_spec": {"name": m.name, "signature_name": "", "version": str(m.version)},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}},
+            "metadata": {"signature_def": {"signature_def": signatures}},
         }
     )
 
@@ -84,7 +94,7 @@ def predict(model: str, version: str | None = None):
     m = get_version(model, version)
     req = request._get_current_object()
     body = tensors.parse_json(TFServingPredictRequest, codecs.request_body(req), "predict request")
-    _check_signature(body.signature_name)
+    flagged = _check_signature(m, body.signature_name, allow_uncertain=True)
     if (body.instances is None) == (body.inputs is None):
         raise BadRequest("send exactly one of 'instances' (rows) or 'inputs' (columns)")
     if body.instances is not None:
@@ -93,8 +103,16 @@ def predict(model: str, version: str | None = None):
         rows, where, key = body.inputs, "inputs", "outputs"
         if isinstance(rows, dict) and set(rows) == {INPUT}:
             rows, where = rows[INPUT], f"inputs.{INPUT}"
-    probabilities = _probabilities(m, rows, where, req.url_rule.rule)
-    return jsonify({key: probabilities.tolist()})
+    probabilities, flags = _probabilities(m, rows, where, req.url_rule.rule)
+    if not flagged:
+        return jsonify({key: probabilities.tolist()})
+    if key == "predictions":
+        rows_out = [
+            {OUTPUT: row, FLAG: flag}
+            for row, flag in zip(probabilities.tolist(), flags, strict=True)
+        ]
+        return jsonify({key: rows_out})
+    return jsonify({key: {OUTPUT: probabilities.tolist(), FLAG: flags}})
 
 
 @bp.post("/models/<model>:classify")
@@ -105,13 +123,13 @@ def classify(model: str, version: str | None = None):
     body = tensors.parse_json(
         TFServingClassifyRequest, codecs.request_body(req), "classify request"
     )
-    _check_signature(body.signature_name)
+    _check_signature(m, body.signature_name, allow_uncertain=False)
     rows = []
     for i, example in enumerate(body.examples):
         if not isinstance(example, dict) or INPUT not in example or len(example) != 1:
             raise BadRequest(f"examples[{i}] must be {{'{INPUT}': <tensor or {{'b64': ...}}>}}")
         rows.append(example[INPUT])
-    probabilities = _probabilities(m, rows, "examples", req.url_rule.rule)
+    probabilities, _ = _probabilities(m, rows, "examples", req.url_rule.rule)
     results = []
     for row in probabilities.tolist():
         ranked = sorted(zip(m.classes, row, strict=True), key=lambda pair: -pair[1])
@@ -119,12 +137,17 @@ def classify(model: str, version: str | None = None):
     return jsonify({"results": results})
 
 
-def _check_signature(name: str | None) -> None:
-    if name not in (None, "", SIGNATURE):
-        raise BadRequest(f"unknown signature {name!r}; the model has {SIGNATURE!r}")
+def _check_signature(m: Model, name: str | None, allow_uncertain: bool) -> bool:
+    """True when the request names the signature with the `uncertain` output."""
+    known = [SIGNATURE, *([UNCERTAIN_SIGNATURE] if allow_uncertain and m.uncertainty else [])]
+    if name in (None, ""):
+        return False
+    if name not in known:
+        raise BadRequest(f"unknown signature {name!r}; the model has {', '.join(map(repr, known))}")
+    return name == UNCERTAIN_SIGNATURE
 
 
-def _probabilities(m: Model, rows: Any, where: str, endpoint: str):
+def _probabilities(m: Model, rows: Any, where: str, endpoint: str) -> tuple[Any, list[bool]]:
     s = state()
     if isinstance(rows, list) and len(rows) > s.settings.max_batch:
         raise TooLarge(f"{len(rows)} images; at most {s.settings.max_batch} per request")
@@ -133,5 +156,6 @@ def _probabilities(m: Model, rows: Any, where: str, endpoint: str):
         inputs = inference.check_tensor(m, inputs, s.settings.max_batch)
     s.metrics.child(s.metrics.images, endpoint, m.name).observe(len(inputs))
     outputs = inference.infer(m, inputs, s.limits, s.metrics)
-    inference.describe(m, outputs, s.metrics)  # counted by class and confidence, as on /predict
-    return outputs["probabilities"]
+    # Counted by class and confidence, as on /predict; its `uncertain` flags, the same as there.
+    described = inference.describe(m, outputs, s.metrics)
+    return outputs["probabilities"], [bool(d["uncertain"]) for d in described]
