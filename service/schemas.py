@@ -144,6 +144,40 @@ class ConvolveResponse(BaseModel):
     max: float
 
 
+class SnapshotInfo(BaseModel):
+    name: str = Field(description="init, step1, epoch1, epoch5, final (as exported).")
+    label: str = Field(description="When it was taken, in words.")
+    epoch: float = Field(description="Epochs completed when it was taken.")
+    step: int = Field(description="Optimizer steps taken when it was taken.")
+
+
+class SnapshotList(BaseModel):
+    model: str
+    version: str
+    snapshots: list[SnapshotInfo] = Field(
+        description="In training order; empty when the version was exported without them."
+    )
+    history: dict[str, list[float]] = Field(
+        description="Per epoch: loss, val_loss, accuracy, val_accuracy (those recorded)."
+    )
+
+
+class SnapshotPrediction(BaseModel):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class SnapshotResult(SnapshotInfo):
+    prediction: SnapshotPrediction = Field(description="This snapshot's softmax, uncalibrated.")
+
+
+class SnapshotsResponse(BaseModel):
+    model: str
+    version: str
+    snapshots: list[SnapshotResult] = Field(description="The image through each snapshot.")
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str

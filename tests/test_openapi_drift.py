@@ -9,7 +9,7 @@ import pytest
 
 # Pages for people, not API operations: the explorer, its files, and the spec with its page.
 PAGES = {"/", "/explorer", "/explorer/", "/explorer/<path:filename>", "/docs", "/openapi.json"}
-IMAGE_ROUTES = ("/predict/{model}", "/features/{model}", "/gradcam/{model}")
+IMAGE_ROUTES = ("/predict/{model}", "/features/{model}", "/gradcam/{model}", "/snapshots/{model}")
 
 
 @pytest.fixture(scope="module")

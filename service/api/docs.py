@@ -327,6 +327,27 @@ def build_openapi(model_names: list[str]) -> dict:
                 },
             }
         },
+        "/models/{model}/snapshots": {
+            "get": {
+                "summary": "The served version's training snapshots and its loss history",
+                "parameters": [model_param],
+                "responses": {
+                    "200": _json(schemas.SnapshotList, "Snapshots (none: an empty list)."),
+                    **_errors("404", "503"),
+                },
+            }
+        },
+        "/snapshots/{model}": {
+            "post": {
+                "summary": "One image through each training snapshot: random weights to trained",
+                "parameters": [model_param],
+                "requestBody": _image_body(batch=False),
+                "responses": {
+                    "200": _json(schemas.SnapshotsResponse, "One prediction per snapshot."),
+                    **infer_errors,
+                },
+            }
+        },
         "/livez": {
             "get": {
                 "summary": "The process is alive",
@@ -377,6 +398,8 @@ def build_openapi(model_names: list[str]) -> dict:
         schemas.WeightsResponse,
         schemas.ConvolveRequest,
         schemas.ConvolveResponse,
+        schemas.SnapshotList,
+        schemas.SnapshotsResponse,
         schemas.ModelList,
         schemas.Health,
         schemas.ErrorResponse,

@@ -8,7 +8,8 @@ from service.api import get_model, state
 bp = Blueprint("features", __name__)
 
 
-def _one_image(endpoint: str, model):
+def one_image(endpoint: str, model):
+    """The request's one image, decoded and preprocessed for `model` (a batch of one)."""
     s = state()
     # The request itself, not Flask's proxy, whose every attribute read is a context lookup.
     req = request._get_current_object()
@@ -22,7 +23,7 @@ def features(model: str):
     m = get_model(model)
     layers = inference.select_layers(m, request.args.get("layers"))
     encoding = request.args.get("encoding", "json")
-    batch = _one_image("/features/<model>", m)
+    batch = one_image("/features/<model>", m)
     return jsonify(inference.features(m, batch, layers, encoding, state().metrics))
 
 
@@ -30,7 +31,7 @@ def features(model: str):
 def gradcam(model: str):
     m = get_model(model)
     encoding = request.args.get("encoding", "json")
-    batch = _one_image("/gradcam/<model>", m)
+    batch = one_image("/gradcam/<model>", m)
     return jsonify(
         inference.gradcam(m, batch, request.args.get("class"), encoding, state().metrics)
     )

@@ -26,6 +26,7 @@ const state = {
   weightsLoading: null, // the model whose weights are being fetched
   selected: null, // the unit whose arithmetic is shown: { layer, ch, y, x } or { layer, unit }
   wiringClass: null, // the class whose connections the wiring view draws (null: the predicted)
+  snapshots: null, // GET /models/<name>/snapshots of the chosen model
 };
 
 // ---------------------------------------------------------------- colour scales
@@ -948,6 +949,114 @@ async function runKernel() {
   }
 }
 
+// ---------------------------------------------------------------- watching it learn
+
+async function loadSnapshots(model) {
+  const view = $("learning");
+  view.dataset.state = "loading";
+  state.snapshots = null;
+  try {
+    const res = await api(`/models/${encodeURIComponent(model.name)}/snapshots`);
+    if (model !== state.model) return;
+    state.snapshots = res;
+    if (!res.snapshots.length) {
+      view.dataset.state = "none";
+      $("learning-body").replaceChildren(
+        eq(`${model.name} v${model.version} was exported without training snapshots, so this page cannot show it learning.`),
+      );
+      return;
+    }
+    $("learning-body").replaceChildren(lossCurve(res), el("ol", "snapshots"), el("div", "snapshot-detail"));
+    $("learning-body").querySelector(".snapshot-detail").setAttribute("aria-live", "polite");
+    view.dataset.state = "ready";
+    if (state.body && state.prediction) runSnapshots(state.body);
+  } catch (err) {
+    view.dataset.state = "error";
+    $("learning-body").replaceChildren(eq(`Could not load the training snapshots: ${err.message}`));
+  }
+}
+
+// The loss per epoch (training and validation), with the snapshots' epochs marked.
+function lossCurve(res) {
+  const series = Object.entries(res.history).filter(([k, v]) => k.includes("loss") && v.length);
+  const [W, H, pad] = [420, 160, 28];
+  const epochs = Math.max(1, ...series.map(([, v]) => v.length));
+  const top = Math.max(...series.flatMap(([, v]) => v)) || 1;
+  const x = (e) => pad + ((W - 2 * pad) * e) / epochs; // epoch e ends at x(e)
+  const y = (v) => H - pad + (-(H - 2 * pad) * v) / top;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "loss", role: "img" });
+  root.append(svg("line", { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, class: "axis" }));
+  root.append(svg("line", { x1: pad, y1: pad, x2: pad, y2: H - pad, class: "axis" }));
+  for (const s of res.snapshots) {
+    root.append(svg("line", { x1: x(s.epoch), y1: pad, x2: x(s.epoch), y2: H - pad, class: "mark", "data-snapshot": s.name }));
+  }
+  const words = [];
+  for (const [name, values] of series) {
+    const points = values.map((v, i) => `${x(i + 1)},${y(v)}`).join(" ");
+    root.append(svg("polyline", { points, class: name, "data-series": name, "data-points": values.length }));
+    words.push(`${name.replace("_", " ")} ${fmt(values[0])} after epoch 1 to ${fmt(values.at(-1))} after epoch ${values.length}`);
+  }
+  const label = svg("text", { x: pad, y: pad - 8 });
+  label.textContent = `loss per epoch (${series.map(([k]) => k).join(", dashed: ")}); lines: the snapshots`;
+  root.append(label);
+  root.setAttribute("aria-label", `Loss curve: ${words.join("; ")}.`);
+  const fig = el("figure", "loss-fig");
+  fig.append(root);
+  return fig;
+}
+
+async function runSnapshots(blob) {
+  const model = state.model;
+  if (!state.snapshots?.snapshots.length || blob === padBlobMarker) return;
+  try {
+    const res = await api(`/snapshots/${encodeURIComponent(model.name)}`, blob);
+    if (model !== state.model) return;
+    const list = $("learning-body").querySelector("ol.snapshots");
+    const detail = $("learning-body").querySelector(".snapshot-detail");
+    const show = (s) => {
+      const ranked = Object.entries(s.prediction.probabilities).sort((a, b) => b[1] - a[1]);
+      const chart = bars(model.classes, `${s.label}: class probabilities`);
+      fillBars(chart, s.prediction.probabilities);
+      detail.replaceChildren(
+        eq(`${s.label} (epoch ${fmt(s.epoch)}, step ${s.step}): ${ranked.slice(0, 3).map(([k, p]) => `${k} ${pct(p)}`).join(", ")}`),
+        chart,
+      );
+      detail.dataset.snapshot = s.name;
+      for (const li of list.children) li.classList.toggle("on", li.dataset.snapshot === s.name);
+    };
+    list.replaceChildren(
+      ...res.snapshots.map((s) => {
+        const li = el("li");
+        Object.assign(li.dataset, {
+          snapshot: s.name,
+          label: s.prediction.label,
+          probabilities: JSON.stringify(s.prediction.probabilities),
+        });
+        const b = el("button", "", `${s.label}: ${s.prediction.label} ${pct(s.prediction.confidence)}`);
+        b.type = "button";
+        b.addEventListener("click", () => show(s));
+        b.addEventListener("pointerenter", () => show(s));
+        const strip = el("span", "mini");
+        strip.setAttribute("aria-hidden", "true");
+        for (const cls of model.classes) {
+          const bar = el("span");
+          bar.style.height = `${Math.round(s.prediction.probabilities[cls] * 100)}%`;
+          bar.classList.toggle("top", cls === s.prediction.label);
+          strip.append(bar);
+        }
+        li.append(b, strip);
+        return li;
+      }),
+    );
+    const keep = res.snapshots.find((s) => s.name === detail.dataset.snapshot) ?? res.snapshots.at(-1);
+    show(keep);
+    $("learning").dataset.state = "shown";
+  } catch (err) {
+    $("learning").dataset.state = "error";
+    setStatus(`Could not run the training snapshots: ${err.message}`, true);
+  }
+}
+
 // ---------------------------------------------------------------- rendering a response
 
 function showInput(input) {
@@ -1105,6 +1214,7 @@ async function send(blob) {
       showFeatures(features);
       if (cam) showGradcam(cam);
       loadWeights(model); // after the first classification: it never waits for them
+      runSnapshots(blob);
       state.updates += 1;
       document.body.dataset.updates = state.updates;
       setStatus(`Classified as ${features.prediction.label}.`);
@@ -1309,6 +1419,7 @@ function selectModel(name) {
   cam.replaceChildren(new Option("the predicted class", ""), ...model.classes.map((c) => new Option(c, c)));
   buildLayers(model);
   showSamples();
+  loadSnapshots(model);
   const padCtx = $("pad").getContext("2d");
   padCtx.fillStyle = "#000";
   padCtx.fillRect(0, 0, $("pad").width, $("pad").height);
