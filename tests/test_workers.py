@@ -1,18 +1,135 @@
-"""service/workers.py: the threaded worker that spreads kept-alive connections over the workers."""
+"""service/workers.py: the Gunicorn internals it relies on, the drain's socket filter, and the
+threaded worker that spreads kept-alive connections over the workers."""
 
 from __future__ import annotations
 
+import inspect
+import os
+import signal
 import socket
 import time
 from collections import Counter
 
+import gunicorn
 import pytest
+from gunicorn import util
+from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+from gunicorn.workers import base, gthread, sync
 
 from service import workers
 from tests import corpus
 from tests.server import GunicornServer
 
 DIGIT = corpus.encode(corpus.digit(7, 64), "PNG")
+
+
+# --- Gunicorn's internals, as service/workers.py uses them ------------------------------------
+
+
+def test_gunicorn_is_the_version_the_internals_were_checked_against():
+    """A new Gunicorn fails here first: re-check each internal listed in service/workers.py's
+    docstring against its source (the tests below check what they can), then update
+    CHECKED_GUNICORN."""
+    assert gunicorn.__version__ == workers.CHECKED_GUNICORN
+
+
+def test_workers_call_the_util_functions_replaced_in_them_by_module_attribute():
+    # Replacing util.write_error / util.close_graceful reaches the workers only while they call
+    # them through the module, with these parameters.
+    assert list(inspect.signature(util.write_error).parameters) == [
+        "sock",
+        "status_int",
+        "reason",
+        "mesg",
+    ]
+    assert next(iter(inspect.signature(util.close_graceful).parameters)) == "sock"
+    assert "util.write_error(client, status_int, reason, mesg)" in inspect.getsource(
+        base.Worker.handle_error
+    )
+    assert "util.close_graceful(client)" in inspect.getsource(sync.SyncWorker.handle)
+    assert "util.close_graceful(" in inspect.getsource(gthread)
+
+
+def test_the_arbiter_dispatches_sigterm_by_name_and_closes_its_listeners_then_stops_workers():
+    run = inspect.getsource(Arbiter.run)
+    assert 'getattr(self, "handle_%s" % signame' in run  # an instance's handle_term is used
+    with pytest.raises(StopIteration):
+        Arbiter.handle_term(object())  # SIGTERM: leave the main loop, then halt() -> stop()
+    stop = inspect.getsource(Arbiter.stop)
+    assert stop.index("close_sockets(self.LISTENERS") < stop.index("self.kill_workers(sig)")
+    assert isinstance(Arbiter.WORKERS, dict)
+
+
+@pytest.fixture
+def sync_worker(tmp_path):
+    cfg = Config()
+    cfg.set("worker_tmp_dir", str(tmp_path))
+    worker = sync.SyncWorker(1, 1, [], None, 30, cfg, Logger(cfg))
+    yield worker
+    worker.tmp.close()
+
+
+def test_a_worker_stops_gracefully_on_handle_exit_and_wakes_on_its_pipe(sync_worker):
+    # Gunicorn's SIGTERM handler, which the drain calls from its own thread when it is done.
+    assert "signal.signal(signal.SIGTERM, self.handle_exit)" in inspect.getsource(
+        base.Worker.init_signals
+    )
+    assert "self.PIPE = os.pipe()" in inspect.getsource(base.Worker.init_process)
+    assert sync_worker.alive
+    sync_worker.handle_exit(signal.SIGTERM, None)
+    assert not sync_worker.alive
+    assert "self.PIPE[0] in ret[0]" in inspect.getsource(sync.SyncWorker.wait)
+
+
+def test_the_threaded_worker_has_what_the_balanced_worker_overrides():
+    for name, params in {
+        "accept": ["self", "listener"],
+        "set_accept_enabled": ["self", "enabled"],
+        "wait_for_and_dispatch_events": ["self", "timeout"],
+    }.items():
+        assert list(inspect.signature(getattr(gthread.ThreadWorker, name)).parameters) == params
+    init = inspect.getsource(gthread.ThreadWorker.__init__)
+    assert "self.nr_conns = 0" in init and "self._accepting = False" in init
+
+
+# --- The drain's socket filter ------------------------------------------------------------------
+
+
+def test_a_filtered_listener_keeps_its_queued_connections_and_takes_no_new_one():
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    queued = socket.create_connection(listener.getsockname(), timeout=5)
+    deadline = time.monotonic() + 5
+    assert not workers.wait_until_accepted([listener], deadline)  # one is waiting
+    workers.refuse_new_connections(listener)
+    late = socket.socket()
+    late.setblocking(False)
+    late.connect_ex(listener.getsockname())  # its SYN is dropped: it never joins the queue
+    taken, _ = listener.accept()  # the queued connection is still there ...
+    taken.sendall(b"answered")
+    assert queued.recv(8) == b"answered"
+    assert workers.wait_until_accepted([listener], deadline)  # ... and nothing came after it
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    for sock in (taken, queued, late, listener):
+        sock.close()
+
+
+def test_the_stop_notice_is_shared_with_a_forked_worker():
+    notice = workers.StopNotice()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child waits for the parent's flag)
+        deadline = time.monotonic() + 10
+        while not notice.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os._exit(0 if notice.is_set() else 1)
+    notice.set()
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
+# --- The connection board -----------------------------------------------------------------------
 
 
 def test_the_board_tells_each_worker_the_fewest_connections_a_sibling_holds():
