@@ -506,7 +506,7 @@ def test_drawing_a_digit_makes_the_right_class_win(page, mnist_server, digit):
     assert probs[digit] > 0.5
     shot(page, f"mnist-draw-{digit}")
     if digit == "7":
-        # The picture for the README (docs/explorer.png is copied from here by hand): the drawn
+        # The picture for the README (scripts/explorer_screenshots.py copies it to docs/): the drawn
         # digit, its prediction and the first layers, with a pooling unit inspected.
         page.locator("#layer-pool1 .grid").focus()
         for key in ["PageDown"] * 3 + ["ArrowDown"] * 5 + ["ArrowRight"] * 8:
@@ -596,7 +596,7 @@ def assert_agrees(panel: dict, served: np.ndarray) -> None:
 # included, where "same" padding puts zeros in the patch.
 UNITS = {
     "mnist": {
-        "maps": [("conv1", 0, 14, 14), ("conv1", 5, 0, 27), ("conv2", 3, 4, 6), ("relu2", 7, 5, 5)],
+        "maps": [("conv1", 0, 14, 14), ("conv1", 5, 0, 27), ("relu2", 7, 5, 5), ("conv2", 3, 4, 6)],
         "strips": [("fc1", 17), ("fc2", 3), ("fc3", 7), ("temperature", 2)],
     },
     "scenes": {
@@ -630,13 +630,15 @@ def test_the_arithmetic_at_a_unit_gives_the_served_activation(page, server, mode
             assert tables.count() == 3  # patch, kernel, products
             assert tables.first.locator("td").count() == kh * kw
             assert "sum of products" in panel["text"] and "bias" in panel["text"]
+    # The last unit clicked is a conv unit: the picture for docs/explorer.md.
+    page.locator("#arith").scroll_into_view_if_needed()
+    shot(page, f"{model}-arithmetic")
     for layer, unit in UNITS[model]["strips"]:
         panel = click_strip_unit(page, layer, rows[layer]["output_shape"][0], unit)
         assert panel["layer"] == layer and int(panel["index"]) == unit
         assert_agrees(panel, acts[layer])
         if rows[layer]["type"] == "dense":
             assert "largest products" in panel["text"]
-    shot(page, f"{model}-arithmetic")
     assert_clean(page, server.url)
 
 
@@ -802,3 +804,80 @@ def test_trying_the_seeds_kernels_on_the_input(page, server, model):
     np.testing.assert_allclose(values, convolve_same(grey, sent), rtol=1e-9, atol=1e-9)
     shot(page, f"{model}-try-kernel")
     assert_clean(page, server.url)
+
+
+# ------------------------------------------------------------------ load times (measured, not asserted)
+
+# The page before issue 33's teaching views, for the comparison in docs/explorer.md.
+BEFORE = os.environ.get("EXPLORER_BEFORE", "e8b1b4c")
+PAGE_FILES = ("index.html", "explorer.js", "explorer.css")
+TIMINGS = ROOT / "artifacts" / "explorer-timings.json"
+
+
+def old_page(commit: str) -> dict[str, bytes] | None:
+    import subprocess
+
+    files = {}
+    for name in PAGE_FILES:
+        done = subprocess.run(
+            ["git", "show", f"{commit}:service/explorer/{name}"], cwd=ROOT, capture_output=True
+        )
+        if done.returncode != 0:
+            return None  # not a git checkout (an installed copy): only the current page is timed
+        files[name] = done.stdout
+    return files
+
+
+def serve(body: bytes, kind: str):
+    return lambda route, _request: route.fulfill(body=body, content_type=kind)
+
+
+def load_times(browser, url: str, model: str, files: dict[str, bytes] | None) -> dict:
+    """One cold page load: first contentful paint and ready (ms since navigation), then the
+    first classification of a sample (ms from the click to the painted result)."""
+    import time
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg = context.new_page()
+        types = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
+        for name, body in (files or {}).items():
+            kind = types[name.rsplit(".", 1)[1]]
+            pattern = f"{url}/?model={model}" if name == "index.html" else f"**/explorer/{name}"
+            pg.route(pattern, serve(body, kind))
+        pg.goto(f"{url}/?model={model}")
+        pg.wait_for_selector(f"body[data-state=ready][data-model={model}]")
+        ready = pg.evaluate("performance.now()")
+        paint = pg.evaluate(
+            "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+        )
+        started = time.perf_counter()
+        click_sample(pg, model)
+        first = (time.perf_counter() - started) * 1000
+        return {"first_paint_ms": paint, "ready_ms": ready, "first_classification_ms": first}
+    finally:
+        context.close()
+
+
+def test_load_times_before_and_after(browser, server):
+    """Median of 5 cold loads per model and page; written to artifacts/ for docs/explorer.md.
+    The page before is the same server's, with the old page files served in place of today's."""
+    before = old_page(BEFORE)
+    pages = {"after": None, **({f"before ({BEFORE})": before} if before else {})}
+    results: dict = {}
+    for model in ("mnist", "scenes"):
+        runs: dict[str, list[dict]] = {label: [] for label in pages}
+        for _ in range(5):  # interleaved, so that neither page has the warmer server
+            for label, files in pages.items():
+                runs[label].append(load_times(browser, server.url, model, files))
+        results[model] = {
+            label: {key: float(np.median([r[key] for r in rs])) for key in rs[0]}
+            for label, rs in runs.items()
+        }
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    TIMINGS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    for model in results.values():
+        for figures in model.values():
+            assert all(v is not None and v > 0 for v in figures.values()), figures

@@ -624,7 +624,7 @@ function select(sel) {
       eq(
         `The ${a.rows}×${a.cols} patch of ${src} at rows ${a.origin[0]}–${a.origin[0] + a.rows - 1}, columns ${
           a.origin[1]
-        }–${a.origin[1] + a.cols - 1} (outside the picture counts as 0), times filter ${sel.ch}, element by element, summed${
+        }–${a.origin[1] + a.cols - 1}${row.padding === "same" ? " (outside the picture counts as 0)" : ""}, times filter ${sel.ch}, element by element, summed${
           a.channels.length > 1 ? " over every input channel" : ""
         }:`,
       ),
@@ -737,7 +737,11 @@ function select(sel) {
     panel.dataset.result = result;
     panel.dataset.activation = served;
     panel.append(
-      eq(`/features returned ${fmt(served)} for this unit (the difference, ${diff.toExponential(1)}, is float32 rounding).`),
+      eq(
+        diff <= 1e-4 * Math.max(1, Math.abs(served))
+          ? `/features returned ${fmt(served)} for this unit (the difference, ${diff.toExponential(1)}, is float32 rounding).`
+          : `/features returned ${fmt(served)} for this unit: the page's arithmetic disagrees by ${fmt(diff)}.`,
+      ),
     );
   }
 }
