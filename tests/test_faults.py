@@ -636,6 +636,52 @@ def test_hup_under_load_loses_no_request(tmp_path):
     assert outcomes == Counter({"200": len(ledger.sent)}), outcomes
 
 
+def test_a_replica_restarted_behind_nginx_costs_no_request(tmp_path):
+    """Two replicas behind the compose file's nginx; one is stopped (SIGTERM) and started again
+    under load, as a rolling restart does. What nginx had forwarded to it is answered by it; a
+    connection it no longer takes fails before nginx sends anything, and nginx passes the request
+    to the other replica: every client gets its 200, none a 5xx."""
+    if find_nginx() is None:
+        pytest.fail("nginx is not installed (apt-get install -y nginx)")
+    folders = [tmp_path / name for name in ("a", "b", "a-again", "nginx")]
+    for folder in folders:
+        folder.mkdir()
+    a = GunicornServer(tmp=folders[0], workers=1)
+    b = GunicornServer(tmp=folders[1], workers=1)
+    both = {f"server 127.0.0.1:{a.port};": f"server 127.0.0.1:{a.port}; server 127.0.0.1:{b.port};"}
+    again = GunicornServer(tmp=folders[2], workers=1, port=a.port)
+
+    def served(srv: GunicornServer) -> int:
+        return predicts_counted(requests.get(f"{srv.url}/metrics", timeout=10).text)
+
+    try:
+        a.start(), b.start()
+        proxy = NginxProxy(folders[3], a.port, replace=both)
+        with proxy.running(), Ledger(proxy.port) as ledger:
+            while len(ledger.sent) < 500:
+                time.sleep(0.05)
+            a.stop()  # SIGTERM, and wait until it has exited
+            stopped = len(ledger.sent)
+            again.start()
+            # nginx leaves a failed server out for fail_timeout (10 s), then sends it its share.
+            deadline = time.monotonic() + 60
+            while len(ledger.sent) < stopped + 500 or not served(again):
+                assert time.monotonic() < deadline, "the restarted replica got no request"
+                time.sleep(0.1)
+            served_again = served(again)
+    finally:
+        for srv in (a, b, again):
+            srv.stop()
+    outcomes = ledger.outcomes()
+    served_by_a = predicts_counted(metrics_from_dir(a.metrics_dir))
+    print(
+        f"\nrestart behind nginx (6 clients, 2 replicas): {dict(outcomes)}; the restarted replica "
+        f"served {served_by_a} before its stop and {served_again} after its start"
+    )
+    assert outcomes == Counter({"200": len(ledger.sent)}), outcomes
+    assert served_by_a > 0 and served_again > 0
+
+
 def test_sigterm_with_a_drain_delay_stops_an_idle_worker_gracefully(tmp_path):
     """With no request to wake it, a sync worker waits in select() for timeout/2 (30 s): the drain
     timer must wake it, or the master SIGKILLs it at graceful_timeout instead of a clean exit."""
