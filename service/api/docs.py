@@ -223,6 +223,16 @@ _ENCODING = {
 }
 
 
+def _layers_param(description: str) -> dict:
+    return {
+        "name": "layers",
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
 def build_openapi(model_names: list[str]) -> dict:
     model_param = {**_MODEL, "description": f"One of: {', '.join(model_names) or '(loading)'}"}
     if model_names:  # the models this server has loaded: clients and fuzzers see the valid names
@@ -246,13 +256,7 @@ def build_openapi(model_names: list[str]) -> dict:
                 "parameters": [
                     model_param,
                     _ENCODING,
-                    {
-                        "name": "layers",
-                        "in": "query",
-                        "required": False,
-                        "description": "Comma-separated layer names (default: all).",
-                        "schema": {"type": "string"},
-                    },
+                    _layers_param("Comma-separated layer names (default: all)."),
                 ],
                 "requestBody": _image_body(batch=False),
                 "responses": {
@@ -298,14 +302,9 @@ def build_openapi(model_names: list[str]) -> dict:
                 "parameters": [
                     model_param,
                     _ENCODING,
-                    {
-                        "name": "layers",
-                        "in": "query",
-                        "required": False,
-                        "description": "Comma-separated names of layers with weights (default: "
-                        "all of them).",
-                        "schema": {"type": "string"},
-                    },
+                    _layers_param(
+                        "Comma-separated names of layers with weights (default: all of them)."
+                    ),
                 ],
                 "responses": {
                     "200": _json(schemas.WeightsResponse, "Weights."),

@@ -314,7 +314,11 @@ function buildGrid(layer) {
       select({ layer, ch, y, x });
     });
     map.addEventListener("pointerleave", (ev) => {
-      if (ev.pointerType !== "touch") clearInspect();
+      // While the keyboard moves the cursor, a layout shift (the arithmetic panel growing)
+      // moves maps under a resting mouse: that leave must not erase the keyboard's cursor.
+      if (ev.pointerType !== "touch" && !document.activeElement?.classList.contains("grid")) {
+        clearInspect();
+      }
     });
   }
   let cursor = { ch: 0, y: 0, x: 0 };
