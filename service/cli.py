@@ -43,17 +43,28 @@ def main(argv: list[str] | None = None) -> int:
         "prepare-engines", help="convert every model to its LiteRT engine now (e.g. at image build)"
     )
     prepare.add_argument("--models-dir", type=Path, default=None)
+    prepare.add_argument(
+        "--all-versions",
+        action="store_true",
+        help="every version, not only the served ones (the versioned routes load the others on demand)",
+    )
     args = p.parse_args(argv)
 
     if args.command == "prepare-engines":
         from service.config import Settings
         from service.engines import prepare as prepare_engines
         from service.registry import find_versions
+        from service.versions import on_disk
 
         settings = Settings.from_env(**({"models_dir": args.models_dir} if args.models_dir else {}))
-        for name, path in prepare_engines(
-            find_versions(settings.models_dir), settings.engine_cache
-        ).items():
+        paths = find_versions(settings.models_dir)
+        if args.all_versions:
+            paths = {
+                f"{name}/{number}": path
+                for name in paths
+                for number, path in on_disk(settings.models_dir, name).items()
+            }
+        for name, path in prepare_engines(paths, settings.engine_cache).items():
             print(f"{name}: {path}")
         return 0
 

@@ -35,6 +35,7 @@ from service import metadata
 
 ENGINES = ("litert", "tensorflow")
 GRADCAM_SUFFIX = ".gradcam.tflite"
+GRADCAM_SIGNATURE = "gradcam"  # the Grad-CAM engine's one signature (service/gradcam_graph.py)
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,11 @@ class LiteRTEngine:
                 threading.Lock(),
             )
         if "gradcam" in sigs:
-            from service.gradcam_graph import SIGNATURE
-
             interpreter = Interpreter(
                 model_path=str(gradcam_path(engine_path)), num_threads=threads
             )
             self._runners["gradcam"] = (
-                interpreter.get_signature_runner(SIGNATURE),
+                interpreter.get_signature_runner(GRADCAM_SIGNATURE),
                 threading.Lock(),
             )
 

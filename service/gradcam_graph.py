@@ -27,9 +27,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from service.engines import GRADCAM_SIGNATURE as SIGNATURE
 from service.metadata import read as read_metadata
-
-SIGNATURE = "gradcam"  # the engine's one signature
 
 # A rewrite builds an op's replacement from its inputs in the new graph; `static` gives the values
 # of tensors that follow from the (fixed) shapes alone, for ops whose shape inputs are computed.

@@ -67,6 +67,7 @@ def prometheus_config(target: str, rules: Path) -> dict:
     config["rule_files"] = [str(rules)]
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == JOB]
     assert len(jobs) == 1, f"prometheus.yml has no single {JOB} job"
+    jobs[0].pop("dns_sd_configs", None)  # compose's replicas, found by DNS: here, one server
     jobs[0]["static_configs"] = [{"targets": [target]}]
     jobs[0]["scrape_timeout"] = "1s"
     config["scrape_configs"] = jobs

@@ -18,7 +18,6 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 import yaml
 
 from tests.server import CONFIG, ROOT
@@ -139,9 +138,11 @@ def test_one_port_everywhere():
     assert any(p.endswith(f":{port}") for p in service["ports"]), service["ports"]
     assert f"http://127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
 
+    # Every replica of the compose service, found by DNS (`--scale service=N`).
     prometheus = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "convnet-service"]
-    assert job["static_configs"][0]["targets"] == [f"service:{port}"]  # the compose service name
+    (dns,) = job["dns_sd_configs"]
+    assert (dns["names"], dns["type"], dns["port"]) == (["service"], "A", port)
 
 
 def test_only_the_proxy_is_published_beyond_the_host():
@@ -202,121 +203,76 @@ def test_metrics_and_health_paths_are_routes():
     assert "/readyz" in routes
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage name; the last (runtime) stage under ""."""
+    named: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for word, rest in dockerfile():
+        if word == "FROM":
+            current = []
+            base, _, name = rest.partition(" AS ")
+            named[name.strip() or ""] = current
+            current.append((word, base.strip()))
+        else:
+            current.append((word, rest))
+    return named
+
+
 def test_image_runs_the_tested_config_install_and_models():
+    """tests/test_docker.py builds and runs the image where a Docker engine is; this reads it."""
     workdir = PurePosixPath(instruction("WORKDIR")[-1])
     env = dockerfile_env()
+    by_stage = stages()
+    runtime = by_stage[""]
     # The Gunicorn config file the tests use, by the same path relative to the checkout.
     (cmd,) = instruction("CMD")
     argv = json.loads(cmd)
     assert argv[:2] == ["gunicorn", "--config"]
     assert argv[2] == CONFIG.relative_to(ROOT).as_posix()
-    # The same install command as the Makefile and CI, without the dev extras, with a compiler
-    # for the C extension in the same step (without one, pip would fall back to numpy, slower).
-    (install,) = [
-        steps
-        for steps in (re.split(r"\s*&&\s*", r) for r in instruction("RUN"))
-        if "python -m pip install --no-cache-dir -e ." in steps
+    # Every stage starts from the one pinned base: a patch version of a slim Python image.
+    (python,) = [rest for word, rest in by_stage["base"] if word == "FROM"]
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim(-\w+)?", python), python
+    assert {rest for stage in by_stage.values() for word, rest in stage[:1]} == {
+        python,
+        "base",
+        "deps",
+    }
+    # The locked versions, hashed; the project itself editable as in the Makefile, which builds
+    # the digit kernel into /app/service, and a build that fails loudly when it cannot.
+    app_runs = [
+        step
+        for word, rest in by_stage["deps"] + by_stage["app"]
+        if word == "RUN"
+        for step in re.split(r"\s*&&\s*", rest)
     ]
-    assert any(re.match(r"apt-get install .*\bgcc\b", step) for step in install), install
+    assert any(re.match(r"apt-get install .*\bgcc\b", step) for step in app_runs), app_runs
+    assert "pip install --no-cache-dir --require-hashes -r requirements/serve.txt" in app_runs
+    assert any(
+        s.startswith("CONVNET_REQUIRE_DIGIT_KERNEL=1 pip install") and s.endswith("-e .")
+        for s in app_runs
+    ), app_runs
+    engine_runs = " ".join(rest for word, rest in by_stage["engines"] if word == "RUN")
+    assert "requirements/convert.txt" in engine_runs and "prepare-engines" in engine_runs
+    # The runtime has what those stages made, and neither TensorFlow nor a compiler.
+    copies = [rest for word, rest in runtime if word == "COPY"]
+    assert "--from=app /opt/venv /opt/venv" in copies
+    assert "--from=engines /app/engines /app/engines" in copies
+    assert not [rest for word, rest in runtime if word == "RUN" and "install" in rest]
     # Nothing built on the host (a .so for another Python) reaches the image.
     assert "**/*.so" in (ROOT / ".dockerignore").read_text().split()
-    # Models baked in where the service looks for them.
-    assert "models/ models/" in instruction("COPY")
+    # Models baked in where the service looks for them, with their engines.
+    assert "models/ models/" in copies
     assert PurePosixPath(env["CONVNET_MODELS_DIR"]) == workdir / "models"
+    assert PurePosixPath(env["CONVNET_ENGINE_CACHE"]) == workdir / "engines"
     # Not root.
-    (user,) = instruction("USER")
+    (user,) = [rest for word, rest in runtime if word == "USER"]
     assert user.split(":")[0] not in ("root", "0")
-    # Pinned to a patch version of a slim Python image.
-    (base,) = instruction("FROM")
-    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim(-\w+)?", base), base
-    # Everything COPY names is let through .dockerignore.
+    # Everything COPY takes from the build context is let through .dockerignore.
     ignore = (ROOT / ".dockerignore").read_text().split()
     for copy in instruction("COPY"):
-        for source in shlex.split(copy)[:-1]:
-            assert f"!{source}" in ignore, f"{source} is excluded by .dockerignore"
-
-
-def _image_layout(app: Path) -> None:
-    """What the Dockerfile's COPY instructions put into its WORKDIR, less what .dockerignore
-    leaves out (its `**/<pattern>` lines)."""
-    patterns = [
-        line.removeprefix("**/")
-        for line in (ROOT / ".dockerignore").read_text().split()
-        if line.startswith("**/")
-    ]
-    ignore = shutil.ignore_patterns(*patterns)
-    for copy in instruction("COPY"):
-        *sources, dest = shlex.split(copy)
-        for source in sources:
-            if (ROOT / source).is_dir():
-                shutil.copytree(ROOT / source, app / dest, ignore=ignore, dirs_exist_ok=True)
-            else:
-                (app / dest).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / source, app / dest)
-
-
-@pytest.mark.server
-def test_the_image_layout_serves_digits_with_the_c_kernel(tmp_path):
-    """The Dockerfile's COPY, install and CMD steps replayed without Docker: the sources copied
-    as the image has them, its pip command in a fresh venv (the dependencies come from this
-    one), then its Gunicorn command from that directory. Gunicorn puts its working
-    directory first on sys.path, so a package installed elsewhere (`pip install .`) is shadowed
-    by the copied sources, which hold no compiled kernel: the image then served every digit
-    with the Python reference, about 20 % slower."""
-    if shutil.which("gcc") is None:
-        pytest.skip("no C compiler to build service/_digit.c: apt-get install gcc")
-    import sysconfig
-
-    from tests import corpus
-    from tests.server import GunicornServer
-
-    workdir = PurePosixPath(instruction("WORKDIR")[-1])
-    app, venv = tmp_path / "app", tmp_path / "venv"
-    _image_layout(app)
-    assert not list(app.rglob("*.so"))
-    run(sys.executable, "-m", "venv", "--without-pip", str(venv))
-    python = str(venv / "bin" / "python")
-    site = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip()
-    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    (pip,) = [
-        shlex.split(step)
-        for r in instruction("RUN")
-        for step in re.split(r"\s*&&\s*", r)
-        if step.startswith("python -m pip install")
-    ]
-    subprocess.run(
-        [python, *pip[1:], "--no-deps"],  # setuptools for the build comes from the index
-        cwd=app,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (cmd,) = instruction("CMD")
-    gunicorn, *args = json.loads(cmd)
-    assert gunicorn == "gunicorn" and args[0] == "--config"
-    models = PurePosixPath(dockerfile_env()["CONVNET_MODELS_DIR"]).relative_to(workdir)
-    srv = GunicornServer(
-        tmp=tmp_path,
-        workers=1,
-        python=python,
-        cwd=app,
-        config=app / args[1],
-        env={"CONVNET_MODELS_DIR": str(app / models)},
-    )
-    try:
-        srv.start()
-        r = requests.post(
-            f"{srv.url}/predict/mnist",
-            data=corpus.encode(corpus.digit(7, 64), "PNG"),
-            headers={"Content-Type": "image/png"},
-            timeout=30,
-        )
-        log = srv.log()
-    finally:
-        srv.stop()
-    assert r.status_code == 200, r.text[:300]
-    assert f"from {app / models}" in log, log  # the image's models, in the image's layout
-    assert "service._digit was not built" not in log, log
+        if not copy.startswith("--from="):
+            for source in shlex.split(copy)[:-1]:
+                assert f"!{source}" in ignore, f"{source} is excluded by .dockerignore"
 
 
 def test_the_container_runs_the_worker_class_the_benchmark_chose():
