@@ -17,6 +17,7 @@ from service.api import (
     models,
     predict,
     snapshots,
+    swagger,
     tfserving,
     v2,
     weights,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
         snapshots.bp,
         health.bp,
         docs.bp,
+        swagger.bp,
         explorer.bp,
     ):
         app.register_blueprint(bp)

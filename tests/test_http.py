@@ -310,8 +310,27 @@ def test_models_openapi_and_docs(server):
     spec = requests.get(f"{server.url}/openapi.json", timeout=5).json()
     assert {"/predict/{model}", "/features/{model}", "/models", "/readyz"} <= set(spec["paths"])
     assert "PredictResponse" in spec["components"]["schemas"]
+
+
+def test_docs_page_and_its_files_come_from_the_service(server):
+    """Swagger UI on /openapi.json; its files are the service's own (the browser test:
+    tests/test_docs_page.py). Anything else under /docs is a JSON error."""
+    import re
+
     docs = requests.get(f"{server.url}/docs", timeout=5)
-    assert docs.status_code == 200 and "/predict/{model}" in docs.text
+    assert docs.status_code == 200 and docs.headers["Content-Type"].startswith("text/html")
+    assert '"url": "/openapi.json"' in docs.text and '"validatorUrl": null' in docs.text
+    assert "//" not in re.sub(r"<script>.*?</script>", "", docs.text, flags=re.S)
+    files = re.findall(r'(?:href|src)="([^"]+)"', docs.text)
+    assert {"/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"} <= set(files)
+    for path in files:
+        r = requests.get(f"{server.url}{path}", timeout=10)
+        assert r.status_code == 200 and r.content, path
+    assert_error(requests.get(f"{server.url}/docs/index.html", timeout=5), 404, "not_found")
+    assert_error(requests.get(f"{server.url}/docs/nope/", timeout=5), 404, "not_found")
+    wrong = requests.post(f"{server.url}/docs", timeout=5)
+    assert_error(wrong, 405, "method_not_allowed")
+    assert "GET" in wrong.headers["Allow"]
 
 
 def test_error_statuses(server):

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-# Pages for people, not API operations: the explorer, its files, and the spec with its page.
-PAGES = {"/", "/explorer", "/explorer/", "/explorer/<path:filename>", "/docs", "/openapi.json"}
+# Pages for people, not API operations: the explorer, the spec, and their pages' files.
+EXPLORER = {"/", "/explorer", "/explorer/", "/explorer/<path:filename>"}
+PAGES = EXPLORER | {"/openapi.json", "/docs", "/docs/<name>"}
 IMAGE_ROUTES = ("/predict/{model}", "/features/{model}", "/gradcam/{model}", "/snapshots/{model}")
 
 

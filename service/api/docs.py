@@ -1,10 +1,8 @@
-"""`/openapi.json` generated from the pydantic schemas, and a plain HTML page rendering it."""
+"""`/openapi.json`, generated from the pydantic schemas (its page, `/docs`: swagger.py)."""
 
 from __future__ import annotations
 
-from html import escape
-
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, jsonify
 from pydantic import BaseModel
 
 from service import schemas
@@ -428,35 +426,3 @@ def _openapi() -> dict:
 @bp.get("/openapi.json")
 def openapi():
     return jsonify(_openapi())
-
-
-@bp.get("/docs")
-def docs():
-    spec = _openapi()
-    parts = [
-        "<!doctype html><html lang=en><meta charset=utf-8>",
-        "<meta name=viewport content='width=device-width, initial-scale=1'>",
-        "<title>convnet-service API</title>",
-        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
-        "padding:0 1rem}code{background:#f3f3f3;padding:0 .2em}h2{margin-top:2rem}"
-        "li{margin:.2rem 0}</style>",
-        f"<h1>{escape(spec['info']['title'])} API</h1>",
-        f"<p>{escape(spec['info']['description'])} Machine-readable: "
-        "<a href='/openapi.json'>/openapi.json</a>. Explorer: <a href='/'>/</a>.</p>",
-    ]
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            parts.append(f"<h2><code>{method.upper()} {escape(path)}</code></h2>")
-            parts.append(f"<p>{escape(op['summary'])}</p><ul>")
-            for p in op.get("parameters", []):
-                desc = p.get("description", "")
-                parts.append(
-                    f"<li><code>{escape(p['name'])}</code> ({p['in']}) {escape(desc)}</li>"
-                )
-            if "requestBody" in op:
-                types = ", ".join(op["requestBody"]["content"])
-                parts.append(f"<li>body: {escape(types)}</li>")
-            for status, r in op["responses"].items():
-                parts.append(f"<li><b>{status}</b>: {escape(r['description'])}</li>")
-            parts.append("</ul>")
-    return Response("".join(parts), mimetype="text/html")
