@@ -8,6 +8,7 @@ reached, builds local stand-ins). Without an engine the tests skip and say so.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -74,6 +75,20 @@ def check_every_endpoint(url: str) -> None:
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
 
 
+def check_every_version(url: str) -> None:
+    """Each committed version, the older ones loaded on demand: their engines were converted at
+    build time (the runtime has no TensorFlow to convert them)."""
+    digit = base64.b64encode(corpus.encode(corpus.digit(7, 64), "PNG")).decode()
+    photo = base64.b64encode(corpus.encode(corpus.photo(), "PNG")).decode()
+    for version in sorted((ROOT / "models").glob("*/[0-9]*/saved_model.pb")):
+        name, number = version.parent.parent.name, version.parent.name
+        body = {"instances": [{"b64": digit if name == "mnist" else photo}]}
+        r = requests.post(
+            f"{url}/v1/models/{name}/versions/{number}:predict", json=body, timeout=60
+        )
+        assert r.status_code == 200, f"{name} v{number}: {r.status_code} {r.text[:300]}"
+
+
 def test_the_image_is_small_and_has_no_tensorflow_or_compiler(image):
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image))
     assert size <= MAX_IMAGE_BYTES, f"{image} is {size / 1e6:.0f} MB"
@@ -95,6 +110,7 @@ def test_the_image_serves_every_endpoint_read_only_as_non_root(image):
         wait_ready(url)
         assert docker("exec", container, "id", "-u") != "0"
         check_every_endpoint(url)
+        check_every_version(url)
         logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
         assert "Traceback" not in logs.stdout + logs.stderr, logs.stderr[-2000:]
     finally:
