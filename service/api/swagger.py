@@ -1,8 +1,8 @@
 """`/docs`: Swagger UI 5 on `/openapi.json`, with "Try it out", served from a pip package.
 
-The files come from swagger-ui-bundle-v2 (spec-first's Swagger UI bundle, kept at Swagger UI 5,
-which reads OpenAPI 3.1), through its one public name, `swagger_ui_path`: its folder of the
-release's files. The page and the routes for its assets are ours, a few lines. We chose it over
+The files come from swagger-ui-bundle-v2 (the maintained fork of spec-first's swagger-ui-bundle,
+which stopped at Swagger UI 4; this one ships Swagger UI 5, which reads OpenAPI 3.1), through its
+one public name, `swagger_ui_path`: the folder of the release's files. The page and the routes for its assets are ours, a few lines. We chose it over
 swagger-ui-py's `api_doc` for what that one costs: 30 MB installed (Swagger Editor and its source
 maps, PyYAML, packaging) against 12 MB with nothing new beside Jinja2, which Flask already brings;
 a top-level `test` package that shadows the standard library's where the image strips it; and a
