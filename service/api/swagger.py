@@ -2,11 +2,12 @@
 
 The files come from swagger-ui-bundle-v2 (the maintained fork of spec-first's swagger-ui-bundle,
 which stopped at Swagger UI 4; this one ships Swagger UI 5, which reads OpenAPI 3.1), through its
-one public name, `swagger_ui_path`: the folder of the release's files. The page and the routes for its assets are ours, a few lines. We chose it over
-swagger-ui-py's `api_doc` for what that one costs: 30 MB installed (Swagger Editor and its source
-maps, PyYAML, packaging) against 12 MB with nothing new beside Jinja2, which Flask already brings;
-a top-level `test` package that shadows the standard library's where the image strips it; and a
-spec URL it only takes under its own prefix (`/docs/../openapi.json`).
+one public name, `swagger_ui_path`: the folder of the release's files. The page and the routes
+for its assets are ours, a few lines. We chose it over swagger-ui-py's `api_doc` for what that
+one costs: 30 MB installed (Swagger Editor and its source maps, PyYAML, packaging) against 12 MB
+with nothing new beside Jinja2, which Flask already brings; a top-level `test` package that
+shadows the standard library's where the image strips it; and a spec URL it only takes under its
+own prefix (`/docs/../openapi.json`).
 
 No file is fetched from anywhere but this service: `validatorUrl` is off, since Swagger UI would
 otherwise send the spec's URL to an online validator for a badge.
