@@ -71,8 +71,10 @@ def check_every_endpoint(url: str) -> None:
         for route in ("predict", "features", "gradcam"):
             r = requests.post(f"{url}/{route}/{name}", data=image, headers=headers, timeout=60)
             assert r.status_code == 200, f"/{route}/{name}: {r.status_code} {r.text[:300]}"
-    page = requests.get(f"{url}/", timeout=10)
-    assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+    for page in ("/", "/docs"):  # the explorer, Swagger UI
+        r = requests.get(f"{url}{page}", timeout=10)
+        assert r.status_code == 200 and "text/html" in r.headers["Content-Type"], page
+    assert requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
 
 
 def check_every_version(url: str) -> None:
