@@ -61,17 +61,52 @@ def test_distance_is_the_whitened_distance_to_the_nearest_class_mean():
     d = g.distance(np.array([[0.0, 0, 0], [10, 10, 10], [100, -100, 50]], np.float32))
     assert d[0] < 1 and d[1] < 1 and d[2] > 20
     # The graph's layer computes what the numpy reference does.
-    layer = calibration.FeatureDistance(g)
+    layer = calibration.FeatureDistance(calibration.DistanceHeads(["embedding"], [g], [1.0]))
     probe = rng.normal(5, 5, (8, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(layer(probe)), g.distance(probe), rtol=1e-4)
+
+
+def test_several_heads_flag_an_image_any_one_of_them_finds_far():
+    """The distance is the largest scaled head: an image ordinary in the embedding but unlike
+    the training images at an earlier layer is far."""
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1], 500)
+    embedding = rng.normal(0, 1, (1000, 3)) + 5 * y[:, None]
+    early = rng.normal(0, 1, (1000, 4))
+    heads = calibration.fit_heads(["embedding", "early"], [embedding, early], y, 2)
+    heads = calibration.DistanceHeads(heads.layers, heads.gaussians, [2.0, 3.0])
+    ordinary = np.array([[0.0, 0, 0]], np.float32)
+    odd_early = np.array([[0.0, 9, -9, 9]], np.float32)
+    per_head = heads.head_distances([ordinary, odd_early])
+    assert per_head[0, 0] < 1 and per_head[0, 1] > 10
+    assert heads.distance([ordinary, odd_early])[0] == pytest.approx(per_head[0, 1] / 3.0)
+    # The served graph's layer computes the same.
+    probe = [
+        rng.normal(0, 3, (8, 3)).astype(np.float32),
+        rng.normal(0, 3, (8, 4)).astype(np.float32),
+    ]
+    layer = calibration.FeatureDistance(heads)
+    np.testing.assert_allclose(np.asarray(layer(probe)), heads.distance(probe), rtol=1e-4)
+    # Each head's 99th percentile becomes its scale: about 2 % flagged by either of two heads.
+    distances = heads.head_distances([embedding, early])
+    logits = np.stack([-embedding[:, 0], embedding[:, 0]], axis=1)
+    _, scales, _, rule = calibration.calibrate(logits, distances, y, heads.layers, 0.5, seed=1)
+    far = calibration.scaled_distance(distances, scales) > rule["max_distance"]
+    assert 0.01 <= far.mean() <= 0.02
 
 
 def test_calibrate_reports_cross_fitted_figures_and_meets_its_target():
     rng = np.random.default_rng(2)
     logits, labels = _sampled(4000, 2.0, seed=3)
     embeddings = rng.normal(0, 1, (4000, 4)) + labels[:, None]
-    g = calibration.fit_gaussians(embeddings, labels, 5)
-    t, calib, rule = calibration.calibrate(logits, embeddings, labels, g, 0.9, seed=1)
+    heads = calibration.fit_heads(["embedding"], [embeddings], labels, 5)
+    distances = heads.head_distances([embeddings])
+    t, scales, calib, rule = calibration.calibrate(
+        logits, distances, labels, heads.layers, 0.9, seed=1
+    )
+    # The distance in units of its 99th percentile on these images: 1 % beyond the threshold.
+    assert scales == [pytest.approx(np.quantile(distances[:, 0], 0.99))]
+    assert rule["max_distance"] == 1.0
     assert t == calib["temperature"] and calib["ece_after"] < calib["ece_before"]
     assert rule["validation_in_sample"]["accuracy_unflagged"] >= 0.9
     # Cross-fitted: close to the target, not necessarily on it.

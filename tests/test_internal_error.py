@@ -58,27 +58,25 @@ def test_the_500s_show_in_the_dashboards_error_panels_and_raise_the_5xx_alert(tm
     ratio = grafana_substitute(panels["5xx ratio [A]"], {})
     (tmp_path / "srv").mkdir()
     (tmp_path / "prom").mkdir()
-    with GunicornServer(tmp=tmp_path / "srv", workers=1, app="tests.faulty_app:create()") as srv:
-        with start_prometheus(f"127.0.0.1:{srv.port}", tmp_path / "prom") as prom:
-            # Two scrapes around the failures: a rate needs a sample before them.
-            for _ in range(2):
-                for _ in range(5):
-                    r = requests.post(
-                        f"{srv.url}/predict/scenes", data=white, headers=headers, timeout=30
-                    )
-                    assert r.status_code == 500
-                prom.wait_for_scrape_after(time.time())
-            statuses = {r["metric"]["status"]: float(r["value"][1]) for r in prom.query(by_status)}
-            assert statuses.get("500", 0) > 0, statuses
-            assert (
-                prom.value(ratio) > 0.5
-            )  # every /predict failed; /metrics scrapes are not counted
-            deadline = time.monotonic() + 30  # rules are evaluated every second
-            while True:
-                alerts = requests.get(f"{prom.url}/api/v1/alerts", timeout=10).json()["data"]
-                names = {a["labels"]["alertname"]: a["state"] for a in alerts["alerts"]}
-                # Pending until its `for` (5 minutes) has passed.
-                if names.get("ConvnetHighServerErrorRatio") in ("pending", "firing"):
-                    break
-                assert time.monotonic() < deadline, f"the 5xx alert stayed quiet: {names}"
-                time.sleep(0.5)
+    server = GunicornServer(tmp=tmp_path / "srv", workers=1, app="tests.faulty_app:create()")
+    with server as srv, start_prometheus(f"127.0.0.1:{server.port}", tmp_path / "prom") as prom:
+        # Two scrapes around the failures: a rate needs a sample before them.
+        for _ in range(2):
+            for _ in range(5):
+                r = requests.post(
+                    f"{srv.url}/predict/scenes", data=white, headers=headers, timeout=30
+                )
+                assert r.status_code == 500
+            prom.wait_for_scrape_after(time.time())
+        statuses = {r["metric"]["status"]: float(r["value"][1]) for r in prom.query(by_status)}
+        assert statuses.get("500", 0) > 0, statuses
+        assert prom.value(ratio) > 0.5  # every /predict failed; /metrics scrapes are not counted
+        deadline = time.monotonic() + 30  # rules are evaluated every second
+        while True:
+            alerts = requests.get(f"{prom.url}/api/v1/alerts", timeout=10).json()["data"]
+            names = {a["labels"]["alertname"]: a["state"] for a in alerts["alerts"]}
+            # Pending until its `for` (5 minutes) has passed.
+            if names.get("ConvnetHighServerErrorRatio") in ("pending", "firing"):
+                break
+            assert time.monotonic() < deadline, f"the 5xx alert stayed quiet: {names}"
+            time.sleep(0.5)

@@ -219,35 +219,45 @@ def test_distillation_loss_blends_labels_and_the_teachers_softened_outputs():
     assert label_accuracy(y_true, probs).numpy().tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("recipe", [MNIST, SCENES], ids=lambda r: r.name)
-def test_exported_savedmodel_equals_keras(recipe, tmp_path):
+@pytest.mark.parametrize(
+    ("recipe", "flip"),
+    [(MNIST, False), (SCENES, False), (SCENES, True)],
+    ids=["mnist", "scenes", "scenes-flip"],
+)
+def test_exported_savedmodel_equals_keras(recipe, flip, tmp_path):
     import keras
     import tensorflow as tf
 
     from training import export
-    from training.calibration import fit_gaussians, softmax
+    from training.calibration import fit_heads, softmax
 
     model = recipe.build(len(recipe.classes), recipe.dropout)
+    if flip:  # as the CLI exports a recipe with flip_average
+        model = export.flip_averaged(model)
     rng = np.random.default_rng(0)
     x = rng.random((5, *recipe.input_shape), dtype=np.float32)
     evaluation = {"accuracy": 0.0}
     logits_layer, embedding_layer = export.logits_and_embedding(model)
-    heads = keras.Model(model.inputs, [logits_layer.output, embedding_layer.output])
-    _, fit_embeddings = heads(rng.random((64, *recipe.input_shape), dtype=np.float32))
+    layers = [embedding_layer.name, *recipe.distance_layers]
+    heads_model = keras.Model(
+        model.inputs, [logits_layer.output, *export.distance_inputs(model, recipe.distance_layers)]
+    )
+    _, *fit_features = heads_model(rng.random((64, *recipe.input_shape), dtype=np.float32))
     k = len(recipe.classes)
-    gaussians = fit_gaussians(np.asarray(fit_embeddings), np.arange(64) % k, k)
+    fit = [np.asarray(f) for f in fit_features]
+    heads = fit_heads(layers, fit, np.arange(64) % k, k)
     calibration = {"method": "temperature scaling", "temperature": 2.5}
     rule = {"min_confidence": 0.5, "max_distance": 10.0}
-    calibrated = export.Calibrated(2.5, gaussians, calibration, rule)
+    calibrated = export.Calibrated(2.5, heads, calibration, rule)
     target = export.export(model, recipe, tmp_path, 3, {"seed": 0}, evaluation, calibrated)
 
     loaded = tf.saved_model.load(str(target))
     out = loaded.signatures["serving_default"](image=tf.constant(x))
     probs = out["probabilities"].numpy()
-    logits, embeddings = (np.asarray(t) for t in heads(x))
-    # The trained network's logits over the temperature, and the distance head's reference.
+    logits, *features = (np.asarray(t) for t in heads_model(x))
+    # The trained network's logits over the temperature, and the distance heads' reference.
     np.testing.assert_allclose(probs, softmax(logits / 2.5), atol=1e-6)
-    np.testing.assert_allclose(out["distance"].numpy(), gaussians.distance(embeddings), rtol=1e-4)
+    np.testing.assert_allclose(out["distance"].numpy(), heads.distance(features), rtol=1e-4)
     feats = loaded.signatures["features"](image=tf.constant(x))
     metadata = json.loads((target / export.METADATA_PATH).read_text())
     for row in metadata["layers"]:
@@ -616,12 +626,12 @@ def test_export_without_a_version_takes_the_next_free_one_when_it_writes(tmp_pat
         return version
 
     monkeypatch.setattr(export, "next_version", next_version_then_taken)
-    from training.calibration import FeatureGaussians
+    from training.calibration import DistanceHeads, FeatureGaussians
 
     gaussians = FeatureGaussians(np.zeros((10, 100), np.float32), np.eye(100, dtype=np.float32))
     calibrated = export.Calibrated(
         1.0,
-        gaussians,
+        DistanceHeads(["fc2"], [gaussians], [1.0]),
         {"method": "temperature scaling", "temperature": 1.0},
         {"min_confidence": 0.5, "max_distance": 10.0},
     )
@@ -682,11 +692,12 @@ def test_export_refuses_metadata_the_service_would_refuse(tmp_path):
     """The schema the service loads with (service/metadata.py) is checked before writing."""
     from service.metadata import MetadataError
     from training import export
-    from training.calibration import FeatureGaussians
+    from training.calibration import DistanceHeads, FeatureGaussians
 
     model = MNIST.build(len(MNIST.classes), MNIST.dropout)
     gaussians = FeatureGaussians(np.zeros((10, 100), np.float32), np.eye(100, dtype=np.float32))
-    bad = export.Calibrated(1.0, gaussians, {"temperature": 1.0}, {"min_confidence": 2.0})
+    heads = DistanceHeads(["fc2"], [gaussians], [1.0])
+    bad = export.Calibrated(1.0, heads, {"temperature": 1.0}, {"min_confidence": 2.0})
     with pytest.raises(MetadataError, match=r"calibration\.method.*uncertainty\.min_confidence"):
         export.export(model, MNIST, tmp_path, None, {"seed": 0}, {"accuracy": 0.0}, bad)
     assert not (tmp_path / "mnist" / "1").exists()

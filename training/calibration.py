@@ -7,9 +7,15 @@ Fitted at export on images the model never trained on (the held-out split):
 - a feature distance (Lee et al. 2018): the Mahalanobis distance from the embedding (the layer
   feeding the class layer) to the nearest class mean, with one covariance shared by the classes,
   both estimated on the training images. Images unlike anything in training (noise, blank
-  images, another domain) land far from every class mean, often while the softmax is confident;
+  images, another domain) land far from every class mean, often while the softmax is confident.
+  A recipe may name earlier feature maps as well (`distance_layers`, the ends of the network's
+  stages): each gets the same distance over its channel means. Each head's distance is divided
+  by its 99th percentile on the held-out images, and the served distance is the largest of
+  these: an image is far when any stage finds it unlike the training images. Early and middle
+  layers see what an image is made of (strokes on a flat ground, a texture), which the
+  embedding, trained to tell the classes apart, can map close to a class;
 - the `uncertain` rule: a prediction is uncertain when its confidence is below
-  `min_confidence` or its distance above `max_distance`.
+  `min_confidence` or its distance above `max_distance` (1.0: beyond a head's 99th percentile).
 
 Figures are cross-fitted: each half of the held-out split is scored with the temperature and
 thresholds fitted on the other half, so that no image grades a parameter it chose.
@@ -119,40 +125,100 @@ def fit_gaussians(embeddings: np.ndarray, labels: np.ndarray, classes: int) -> F
     return FeatureGaussians(means.astype(np.float32), whitening.astype(np.float32))
 
 
-class FeatureDistance(keras.layers.Layer):
-    """The distance from each embedding to the nearest class mean, whitened: part of the served
-    graph, so that every engine computes it beside the probabilities."""
+@dataclass(frozen=True)
+class DistanceHeads:
+    """The feature distance over one or more layers: `layers[0]` is the embedding, the others
+    feature maps seen through their channel means (ChannelMeans)."""
 
-    def __init__(self, gaussians: FeatureGaussians, **kwargs) -> None:
+    layers: list[str]
+    gaussians: list[FeatureGaussians]
+    scales: list[float]  # each head's distance is divided by its scale
+
+    def head_distances(self, features: list[np.ndarray]) -> np.ndarray:
+        """(N, heads): each head's distance, unscaled."""
+        pairs = zip(self.gaussians, features, strict=True)
+        return np.stack([g.distance(f) for g, f in pairs], axis=1)
+
+    def distance(self, features: list[np.ndarray]) -> np.ndarray:
+        return scaled_distance(self.head_distances(features), self.scales)
+
+
+def scaled_distance(head_distances: np.ndarray, scales: list[float] | np.ndarray) -> np.ndarray:
+    return (head_distances / np.asarray(scales)).max(axis=1)
+
+
+def fit_heads(
+    layers: list[str], train_features: list[np.ndarray], labels: np.ndarray, classes: int
+) -> DistanceHeads:
+    """Gaussians per layer on the training images; scales 1 until calibrate() fits them."""
+    gaussians = [fit_gaussians(f, labels, classes) for f in train_features]
+    return DistanceHeads(layers, gaussians, [1.0] * len(layers))
+
+
+class ChannelMeans(keras.layers.Layer):
+    """(B, H, W, C) -> (N, C): a feature map's mean per channel; with flip averaging (B = 2N,
+    each image then its mirror image) the mean of the two, as the embedding is (FlipMean)."""
+
+    def __init__(self, flip_averaged: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.gaussians = gaussians
-        w = gaussians.whitening
-        self._whitening = keras.ops.convert_to_tensor(w)
-        self._means = keras.ops.convert_to_tensor(gaussians.means @ w)  # means, whitened
+        self.flip_averaged = flip_averaged
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "flip_averaged": self.flip_averaged}
+
+    def call(self, maps):
+        means = keras.ops.mean(maps, axis=(1, 2))
+        if not self.flip_averaged:
+            return means
+        n = keras.ops.shape(means)[0] // 2
+        return (means[:n] + means[n:]) / 2
+
+
+class FeatureDistance(keras.layers.Layer):
+    """DistanceHeads.distance in the served graph, so that every engine computes it beside the
+    probabilities: its inputs are the heads' features, in the heads' order."""
+
+    def __init__(self, heads: DistanceHeads, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.heads = heads
+        self._whitening = [keras.ops.convert_to_tensor(g.whitening) for g in heads.gaussians]
+        # The means, whitened.
+        self._means = [keras.ops.convert_to_tensor(g.means @ g.whitening) for g in heads.gaussians]
 
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
-            "means": self.gaussians.means.tolist(),
-            "whitening": self.gaussians.whitening.tolist(),
+            "layers": self.heads.layers,
+            "means": [g.means.tolist() for g in self.heads.gaussians],
+            "whitening": [g.whitening.tolist() for g in self.heads.gaussians],
+            "scales": self.heads.scales,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FeatureDistance:
-        means = np.asarray(config.pop("means"), np.float32)
-        whitening = np.asarray(config.pop("whitening"), np.float32)
-        return cls(FeatureGaussians(means, whitening), **config)
+        gaussians = [
+            FeatureGaussians(np.asarray(m, np.float32), np.asarray(w, np.float32))
+            for m, w in zip(config.pop("means"), config.pop("whitening"), strict=True)
+        ]
+        heads = DistanceHeads(config.pop("layers"), gaussians, config.pop("scales"))
+        return cls(heads, **config)
 
-    def call(self, embeddings):
+    def call(self, features):
         ops = keras.ops
-        z = ops.matmul(embeddings, self._whitening)
-        m = self._means
-        d2 = (
-            ops.sum(z * z, axis=1, keepdims=True)
-            - 2 * ops.matmul(z, ops.transpose(m))
-            + ops.sum(m * m, axis=1)[None, :]
-        )
-        return ops.sqrt(ops.maximum(ops.min(d2, axis=1), 0.0))
+        if not isinstance(features, list | tuple):
+            features = [features]
+        distances = []
+        for f, w, m, scale in zip(
+            features, self._whitening, self._means, self.heads.scales, strict=True
+        ):
+            z = ops.matmul(f, w)
+            d2 = (
+                ops.sum(z * z, axis=1, keepdims=True)
+                - 2 * ops.matmul(z, ops.transpose(m))
+                + ops.sum(m * m, axis=1)[None, :]
+            )
+            distances.append(ops.sqrt(ops.maximum(ops.min(d2, axis=1), 0.0)) / scale)
+        return distances[0] if len(distances) == 1 else ops.max(ops.stack(distances), axis=0)
 
 
 def choose_min_confidence(
@@ -207,20 +273,22 @@ def _rule_figures(
 
 def calibrate(
     val_logits: np.ndarray,
-    val_embeddings: np.ndarray,
+    head_distances: np.ndarray,
     val_labels: np.ndarray,
-    gaussians: FeatureGaussians,
+    layers: list[str],
     target_accuracy: float,
     seed: int,
     min_flagged: float = 0.0,
-) -> tuple[float, dict[str, Any], dict[str, Any]]:
-    """Temperature, and the `calibration` and `uncertainty` sections of the metadata.
+) -> tuple[float, list[float], dict[str, Any], dict[str, Any]]:
+    """Temperature, the distance heads' scales, and the `calibration` and `uncertainty` sections
+    of the metadata. `head_distances`: (N, heads), the held-out images' distances per head.
     `min_flagged`: flag at least that share of the held-out images by confidence, even where
     the accuracy target allows fewer (a stricter threshold, for images of none of the classes)."""
     labels = val_labels.astype(np.int64)
-    distance = gaussians.distance(val_embeddings)
     temperature = fit_temperature(val_logits, labels)
-    max_distance = float(np.quantile(distance, DISTANCE_QUANTILE))
+    scales = [float(s) for s in np.quantile(head_distances, DISTANCE_QUANTILE, axis=0)]
+    distance = scaled_distance(head_distances, scales)
+    max_distance = 1.0  # beyond one head's quantile
     probs = softmax(val_logits / temperature)
     keep = distance <= max_distance
     correct = probs.argmax(axis=1) == labels
@@ -233,16 +301,17 @@ def calibrate(
     for fit, score in ((half, ~half), (~half, half)):
         t = fit_temperature(val_logits[fit], labels[fit])
         crossed[score] = softmax(val_logits[score] / t)
-        d_max = float(np.quantile(distance[fit], DISTANCE_QUANTILE))
+        fit_scales = np.quantile(head_distances[fit], DISTANCE_QUANTILE, axis=0)
         p_fit = softmax(val_logits[fit] / t)
         c_min = _threshold(
             p_fit,
             p_fit.argmax(axis=1) == labels[fit],
-            distance[fit] <= d_max,
+            scaled_distance(head_distances[fit], fit_scales) <= max_distance,
             target_accuracy,
             min_flagged,
         )
-        is_flagged[score] = flagged(crossed[score], distance[score], c_min, d_max)
+        d_score = scaled_distance(head_distances[score], fit_scales)
+        is_flagged[score] = flagged(crossed[score], d_score, c_min, max_distance)
     crossed_correct = crossed.argmax(axis=1) == labels
     raw = softmax(val_logits)
 
@@ -265,8 +334,12 @@ def calibrate(
         "rule": "uncertain when confidence < min_confidence or distance > max_distance",
         "min_confidence": min_confidence,
         "max_distance": max_distance,
-        "distance": "Mahalanobis distance of the embedding to the nearest class mean "
-        "(shared covariance, fitted on the training images)",
+        "distance": "Mahalanobis distance to the nearest class mean (shared covariance, fitted "
+        "on the training images) of the embedding and of each other distance layer's channel "
+        "means, each divided by its distance_scale (its 99th percentile on the held-out "
+        "images); the largest of these",
+        "distance_layers": layers,
+        "distance_scales": scales,
         "target_accuracy_unflagged": target_accuracy,
         "min_flagged": min_flagged,
         "distance_quantile": DISTANCE_QUANTILE,
@@ -283,4 +356,4 @@ def calibrate(
             probs, distance, labels, min_confidence, max_distance
         ),
     }
-    return temperature, calibration, uncertainty
+    return temperature, scales, calibration, uncertainty

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 
+from service.metadata import SNAPSHOTS_FOLDER
 from training import snapshots
 from training.recipes import Recipe
 from training.train import TrainResult
@@ -57,7 +58,10 @@ def from_saved_model(version_dir: Path, recipe: Recipe) -> TrainResult:
         **figures["training"],
         "weights_from": f"{recipe.name} v{version_dir.name}",
     }
-    return TrainResult(model=model, **figures)
+    snapshots = version_dir / SNAPSHOTS_FOLDER
+    return TrainResult(
+        model=model, snapshot_dir=snapshots if snapshots.is_dir() else None, **figures
+    )
 
 
 def _matching(saved: list, model: keras.Model, version_dir: Path) -> list:

@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint.save(result, args.checkpoint)
         print(f"checkpoint saved to {args.checkpoint}", flush=True)
     if recipe.flip_average:
-        plain = result.evaluation["accuracy"]
+        # Weights read from a flip-averaged version: its figures already hold both.
+        plain = result.evaluation.get(
+            "accuracy_without_flip_average", result.evaluation["accuracy"]
+        )
         result = dataclasses.replace(result, model=export.flip_averaged(result.model))
         evaluation = evaluate_held_out(
             result.model, recipe, args.data_dir, args.seed, args.max_batches, args.tuning_split
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             calibrated,
             result.snapshots,
             result.history,
+            result.snapshot_dir,
         )
     except FileExistsError as exc:  # an explicit version taken while this run trained
         print(f"error: {exc}", file=sys.stderr)

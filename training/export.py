@@ -30,9 +30,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from service.metadata import METADATA_PATH, validate
+from service.metadata import METADATA_PATH, SNAPSHOTS_FOLDER, validate
 from training.architectures import FlipBatch, FlipMean
-from training.calibration import FeatureDistance, FeatureGaussians
+from training.calibration import ChannelMeans, DistanceHeads, FeatureDistance
 from training.recipes import Recipe
 from training.snapshots import Snapshot
 from training.snapshots import export as write_snapshots
@@ -62,7 +62,8 @@ DISTANCE_OUTPUT = "distance"
 def _layer_type(layer: keras.layers.Layer) -> str | None:
     """The layer's public type, or None for layers that are not part of the layer table: the
     input, dropout (nothing at inference) and the distance head (an output of its own)."""
-    if isinstance(layer, keras.layers.Dropout | keras.layers.InputLayer | FeatureDistance):
+    skipped = keras.layers.Dropout | keras.layers.InputLayer | FeatureDistance | ChannelMeans
+    if isinstance(layer, skipped):
         return None
     for cls, name in _LAYER_TYPES.items():
         if isinstance(layer, cls):
@@ -173,15 +174,28 @@ def flip_averaged(model: keras.Model) -> keras.Model:
     return keras.Model(image, probabilities, name=model.name)
 
 
-def served_model(
-    model: keras.Model, temperature: float, gaussians: FeatureGaussians
-) -> keras.Model:
+def distance_inputs(model: keras.Model, layers: tuple[str, ...] | list[str]) -> list:
+    """The distance heads' features in the model's graph: its embedding, then the channel means
+    of each named feature map (training/calibration.py)."""
+    _, embedding = logits_and_embedding(model)
+    flipped = any(isinstance(layer, FlipBatch) for layer in model.layers)
+    means = [
+        ChannelMeans(flipped, name=f"channel_means_{name}")(model.get_layer(name).output)
+        for name in layers
+    ]
+    return [embedding.output, *means]
+
+
+def served_model(model: keras.Model, temperature: float, heads: DistanceHeads) -> keras.Model:
     """The trained model with the calibration temperature before its softmax and the distance
-    head on its embedding: outputs [probabilities, distance]."""
-    logits, embedding = logits_and_embedding(model)
+    heads: outputs [probabilities, distance]."""
+    logits, _ = logits_and_embedding(model)
     scaled = keras.layers.Rescaling(1.0 / temperature, name="temperature")(logits.output)
     probabilities = keras.layers.Softmax(name="softmax")(scaled)
-    distance = FeatureDistance(gaussians, name=DISTANCE_OUTPUT)(embedding.output)
+    features = distance_inputs(model, heads.layers[1:])
+    distance = FeatureDistance(heads, name=DISTANCE_OUTPUT)(
+        features if len(features) > 1 else features[0]
+    )
     return keras.Model(model.inputs, [probabilities, distance], name=model.name)
 
 
@@ -214,7 +228,7 @@ class Calibrated:
     """What training/calibration.py fitted on the held-out images."""
 
     temperature: float
-    gaussians: FeatureGaussians
+    heads: DistanceHeads
     calibration: dict[str, Any]
     uncertainty: dict[str, Any]
 
@@ -239,6 +253,7 @@ def export(
     calibrated: Calibrated,
     snapshots: list[Snapshot] = (),
     history: dict[str, list[float]] | None = None,
+    snapshot_dir: Path | None = None,
 ) -> Path:
     """Write the model as `out_dir/<name>/<version>` and return that path. With `version` None,
     the version is the next free one when the export is renamed into place, so runs that end
@@ -249,7 +264,7 @@ def export(
             f"{model_dir / str(version)} already exists; versions are immutable, pick another"
         )
     logits_layer = logits_and_embedding(trained)[0].name
-    model = served_model(trained, calibrated.temperature, calibrated.gaussians)
+    model = served_model(trained, calibrated.temperature, calibrated.heads)
     table = layer_table(model)
     features_model = keras.Model(
         model.inputs,
@@ -295,6 +310,8 @@ def export(
             history or {},
             staging,
         )
+    elif snapshot_dir is not None:  # the same weights as the version they were taken with
+        shutil.copytree(snapshot_dir, staging / SNAPSHOTS_FOLDER)
 
     metadata = {
         "format_version": METADATA_FORMAT,

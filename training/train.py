@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from training import calibration, data
-from training.export import Calibrated, logits_and_embedding
+from training.export import Calibrated, distance_inputs, logits_and_embedding
 from training.recipes import Recipe
 from training.snapshots import Snapshot, SnapshotRecorder
 
@@ -26,6 +27,8 @@ class TrainResult:
     evaluation: dict
     training: dict
     snapshots: list[Snapshot] = field(default_factory=list)  # the network while it learned
+    # An exported version's snapshots/ folder, when the weights were read from that version.
+    snapshot_dir: Path | None = None
 
 
 def elastic_distort(images: tf.Tensor, alpha: float, sigma: float) -> tf.Tensor:
@@ -466,25 +469,31 @@ def calibrate(
     Gaussians on the training images, the rest on the held-out ones, the same split as train()."""
     ds, train_idx, val_idx = _same_split(recipe, data_dir, seed, max_batches, tuning_split)
     logits_layer, embedding_layer = logits_and_embedding(model)
-    heads = keras.Model(model.inputs, [logits_layer.output, embedding_layer.output])
+    layers = [embedding_layer.name, *recipe.distance_layers]
+    heads_model = keras.Model(
+        model.inputs, [logits_layer.output, *distance_inputs(model, recipe.distance_layers)]
+    )
 
-    def run(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, embeddings = heads.predict(_scale(ds.x[idx], recipe), batch_size=512, verbose=0)
-        return logits.astype(np.float64), embeddings
+    def run(idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        logits, *features = heads_model.predict(
+            _scale(ds.x[idx], recipe), batch_size=512, verbose=0
+        )
+        return logits.astype(np.float64), features
 
-    _, train_embeddings = run(train_idx)
-    gaussians = calibration.fit_gaussians(train_embeddings, ds.y[train_idx], len(recipe.classes))
-    val_logits, val_embeddings = run(val_idx)
-    temperature, calib, uncertainty = calibration.calibrate(
+    _, train_features = run(train_idx)
+    heads = calibration.fit_heads(layers, train_features, ds.y[train_idx], len(recipe.classes))
+    val_logits, val_features = run(val_idx)
+    temperature, scales, calib, uncertainty = calibration.calibrate(
         val_logits,
-        val_embeddings,
+        heads.head_distances(val_features),
         ds.y[val_idx],
-        gaussians,
+        layers,
         recipe.target_accuracy_unflagged,
         seed,
         recipe.min_flagged,
     )
-    return Calibrated(temperature, gaussians, calib, uncertainty)
+    heads = dataclasses.replace(heads, scales=scales)
+    return Calibrated(temperature, heads, calib, uncertainty)
 
 
 def evaluate_held_out(
