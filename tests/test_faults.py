@@ -88,8 +88,32 @@ def predicts_counted(text: str, status: str = "200") -> int:
     )
 
 
+class ClientThreads:
+    """`self.threads` threads running `self._run` from the start of a `with` block until
+    `self.stop` is set at its end."""
+
+    threads: int
+    stop: threading.Event
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(90)
+
+
 @dataclass
-class Load:
+class Load(ClientThreads):
     """`threads` clients calling `call` in a loop until stopped; outcomes and latencies kept."""
 
     call: Callable[[], requests.Response]
@@ -115,19 +139,6 @@ class Load:
             self.outcomes[key] += 1
             if key == "200":
                 self.latencies.append(time.perf_counter() - started)
-
-    def __enter__(self) -> Load:
-        self._threads = [
-            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
-        ]
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self._threads:
-            t.join(90)
 
     def summary(self) -> str:
         lat = sorted(self.latencies) or [0.0]
@@ -408,6 +419,14 @@ def ready_pids(srv: GunicornServer, from_files: bool = False) -> set[int]:
     }
 
 
+def holder(srv: GunicornServer, client: socket.socket) -> int | None:
+    """The worker that has accepted `client`'s connection, or None while none has."""
+    try:
+        return srv.worker_holding(client)
+    except AssertionError:
+        return None
+
+
 def test_worker_killed_mid_request_is_replaced_and_metrics_keep_completed(tmp_path):
     with gunicorn(tmp_path, workers=2) as srv:
         before = [predict(srv.url) for _ in range(20)]
@@ -419,8 +438,10 @@ def test_worker_killed_mid_request_is_replaced_and_metrics_keep_completed(tmp_pa
             + f"Content-Length: {len(DIGIT)}\r\n\r\n".encode()
             + DIGIT[: len(DIGIT) // 2]
         )
-        time.sleep(0.5)
-        victim = srv.worker_holding(client)
+        deadline = time.monotonic() + 10
+        while (victim := holder(srv, client)) is None:
+            assert time.monotonic() < deadline, "no worker took the connection"
+            time.sleep(0.01)
         old_pids = set(srv.worker_pids())
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -462,18 +483,20 @@ class Sent:
 
 
 @dataclass
-class Ledger:
-    """`clients` threads, each sending /predict requests on a new connection apiece, every one
+class Ledger(ClientThreads):
+    """`threads` clients, each sending /predict requests on a new connection apiece, every one
     with its own X-Request-Id, until stopped; every request's fate is kept by its id. Raw
     sockets, so that "sent" means every byte written before the time recorded."""
 
     port: int
-    clients: int = 6
+    threads: int = 6
     sent: list[Sent] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
-    def send(self, entry: Sent, pause_mid_body: float = 0.0) -> None:
+    def send(
+        self, entry: Sent, pause_mid_body: float = 0.0, halfway: threading.Event | None = None
+    ) -> None:
         head = (
             f"POST /predict/mnist HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
             f"X-Request-Id: {entry.id}\r\nConnection: close\r\n"
@@ -488,6 +511,8 @@ class Ledger:
             try:
                 if pause_mid_body:  # a slow client: half of the body, a pause, the rest
                     sock.sendall(head + DIGIT[:100])
+                    if halfway is not None:
+                        halfway.set()
                     time.sleep(pause_mid_body)
                     sock.sendall(DIGIT[100:])
                 else:
@@ -508,17 +533,6 @@ class Ledger:
             self.send(entry)
             if entry.outcome == "refused":
                 time.sleep(0.05)
-
-    def __enter__(self) -> Ledger:
-        self._threads = [threading.Thread(target=self._run) for _ in range(self.clients)]
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self._threads:
-            t.join(60)
 
     def before(self, moment: float) -> list[Sent]:
         return [e for e in self.sent if e.sent_at is not None and e.sent_at < moment]
@@ -550,12 +564,12 @@ def stop_under_load(tmp_path: Path, drain: float) -> dict:
         poller.start()
         try:
             with Ledger(srv.port) as ledger:
-                slow = Sent(-1)
-                slow_client = threading.Thread(target=ledger.send, args=(slow, 1.0))
+                slow, halfway = Sent(-1), threading.Event()
+                slow_client = threading.Thread(target=ledger.send, args=(slow, 1.0, halfway))
                 while len(ledger.sent) < 1500:  # steady load before the signal
                     time.sleep(0.05)
                 slow_client.start()
-                time.sleep(0.5)  # the slow request is half read by a worker
+                assert halfway.wait(10)  # the signal comes while its body is still arriving
                 signalled = time.monotonic()
                 srv.proc.send_signal(signal.SIGTERM)
                 srv.proc.wait(60)
