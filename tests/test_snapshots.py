@@ -193,3 +193,22 @@ def test_the_page_shows_it_learning_and_says_when_it_cannot(page, snapshot_serve
     page.wait_for_selector("#learning[data-state=none]")
     assert "without training snapshots" in view.inner_text()
     assert_clean(page, url)
+
+
+@pytest.mark.parametrize("model", ["mnist", "scenes"])
+def test_the_committed_models_learn_from_chance_to_their_answer(server, model):
+    """The served versions' own snapshots (training/snapshots.py, replayed for versions trained
+    before them): before training at chance, trained the served model's answer."""
+    body = requests.get(f"{server.url}/models/{model}/snapshots", timeout=TIMEOUT).json()
+    names = [s["name"] for s in body["snapshots"]]
+    assert names == ["init", "step1", "epoch1", "epoch5", "final"]
+    assert len(body["history"]["loss"]) == body["snapshots"][-1]["epoch"]
+    r = post(server.url, f"/snapshots/{model}", sample(model))
+    assert r.status_code == 200, r.text
+    by_name = {s["name"]: s["prediction"] for s in r.json()["snapshots"]}
+    served = post(server.url, f"/predict/{model}", sample(model)).json()["predictions"][0]
+    classes = len(served["probabilities"])
+    # Random weights: no class near certain.
+    assert max(by_name["init"]["probabilities"].values()) < 3 / classes
+    # The trained network is the served one before its calibration temperature.
+    assert by_name["final"]["label"] == served["label"]
