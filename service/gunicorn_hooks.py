@@ -153,18 +153,15 @@ def post_worker_init(worker: Any) -> None:
     """SIGTERM drains (service/workers.py, `install_drain`): /readyz answers 503 at once, the
     worker keeps serving for CONVNET_DRAIN_SECONDS (default 0), then, when the whole server stops,
     until no connection is left queued, and then finishes its in-flight requests and exits."""
-    state = getattr(worker.wsgi, "extensions", {}).get("convnet")
+    state = getattr(workers.loaded_app(worker), "extensions", {}).get("convnet")
     if state is None:  # another WSGI app under this config (the benchmark's baselines)
         return
     workers.install_drain(
         worker, state.draining, state.settings.drain_seconds, worker.convnet_stops
     )
-
     # A replacement worker (after max_requests recycling or a crash) takes no connection before
     # its models are loaded: otherwise it would answer its share of traffic 503 while the other
     # workers could serve it. The first workers start accepting at once, so /livez and /readyz
     # answer (503 "loading") during a cold start.
-    if worker.age > worker.cfg.workers:
-        registry = state.registry
-        while not registry.ready.wait(1.0) and registry.error is None and worker.alive:
-            worker.notify()  # the master's heartbeat: loading is not hanging
+    registry = state.registry
+    workers.accept_once_loaded(worker, lambda: registry.ready.wait(1.0) or registry.error)

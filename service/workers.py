@@ -8,6 +8,8 @@ on, and fails on a Gunicorn that differs. What is used, and what for:
   errors in the service's JSON, and no 2 s linger after a response (`patch_worker_io`).
 - `Worker.handle_exit` (the graceful stop Gunicorn installs for SIGTERM), `Worker.PIPE` (its
   wake-up pipe), `Worker.sockets` and `Worker.alive`: the drain on SIGTERM (`install_drain`).
+- `Worker.wsgi`, `Worker.age`, `Worker.cfg`, `Worker.notify`: the app a worker loaded, and a
+  replacement worker that waits for its models before it accepts (`accept_once_loaded`).
 - `Arbiter.handle_term` (the master's SIGTERM, dispatched by name from its main loop) and
   `Arbiter.WORKERS`: telling workers that the server stops, and board slots.
 - `ThreadWorker.accept`, `set_accept_enabled`, `wait_for_and_dispatch_events`, `nr_conns` and
@@ -89,6 +91,24 @@ def patch_worker_io() -> None:
     """In a worker (post_fork): Gunicorn's module functions that the workers call by name."""
     util.write_error = json_write_error
     util.close_graceful = close_after_response(util.close_graceful)
+
+
+# --- A worker's start ----------------------------------------------------------------------------
+
+
+def loaded_app(worker: Any) -> Any:
+    """The WSGI app the worker loaded (post_worker_init runs after Gunicorn's load_wsgi)."""
+    return worker.wsgi
+
+
+def accept_once_loaded(worker: Any, loaded: Callable[[], Any]) -> None:
+    """In post_worker_init: a worker forked after the first ones (a replacement, or a HUP's new
+    generation) enters Gunicorn's accept loop only once `loaded()` is true; `loaded` waits up to
+    a second, and the worker tells the master it is alive between waits."""
+    if worker.age <= worker.cfg.workers:
+        return
+    while not loaded() and worker.alive:
+        worker.notify()  # the master's heartbeat: loading is not hanging
 
 
 # --- Stopping without losing a connection ----------------------------------------------------

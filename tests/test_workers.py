@@ -84,6 +84,30 @@ def test_a_worker_stops_gracefully_on_handle_exit_and_wakes_on_its_pipe(sync_wor
     assert "self.PIPE[0] in ret[0]" in inspect.getsource(sync.SyncWorker.wait)
 
 
+def test_a_worker_runs_post_worker_init_with_its_app_loaded_before_it_accepts():
+    init = inspect.getsource(base.Worker.init_process)
+    assert init.index("self.load_wsgi()") < init.index("self.cfg.post_worker_init(self)")
+    assert init.index("self.cfg.post_worker_init(self)") < init.index("self.run()")
+    assert "self.wsgi = self.app.wsgi()" in inspect.getsource(base.Worker.load_wsgi)
+
+
+def test_a_replacement_worker_waits_for_its_models_and_the_first_ones_do_not(sync_worker):
+    answers = iter([False, False, True])
+    calls: list[int] = []
+
+    def loaded() -> bool:
+        calls.append(1)
+        return next(answers)
+
+    workers.accept_once_loaded(sync_worker, loaded)  # age 1 of 1 worker: a first one
+    assert not calls
+    sync_worker.age = sync_worker.cfg.workers + 1
+    beats: list[int] = []
+    sync_worker.notify = lambda: beats.append(1)  # the master's heartbeat while it waits
+    workers.accept_once_loaded(sync_worker, loaded)
+    assert len(calls) == 3 and len(beats) == 2
+
+
 def test_the_threaded_worker_has_what_the_balanced_worker_overrides():
     for name, params in {
         "accept": ["self", "listener"],
