@@ -541,9 +541,9 @@ class Ledger(ClientThreads):
         return Counter(e.outcome for e in self.sent)
 
 
-def stop_under_load(tmp_path: Path, drain: float) -> dict:
+def stop_under_load(tmp_path: Path, drain: float, batching: bool = False) -> dict:
     """One server, 2 workers, 6 clients and one slow request through SIGTERM."""
-    env = {"CONVNET_DRAIN_SECONDS": str(drain)}
+    env = {"CONVNET_DRAIN_SECONDS": str(drain), "CONVNET_BATCHING": "1" if batching else "0"}
     with gunicorn(tmp_path, workers=2, env=env) as srv:
         readiness: list[tuple[float, int | str]] = []
         stop_polling = threading.Event()
@@ -593,22 +593,28 @@ def stop_under_load(tmp_path: Path, drain: float) -> dict:
     }
 
 
-@pytest.mark.parametrize("drain", [0.0, 0.0, 1.0], ids=["no-drain-1", "no-drain-2", "drain-1s"])
-def test_sigterm_under_load_answers_every_request_sent_before_it(tmp_path, drain):
+@pytest.mark.parametrize(
+    ("drain", "batching"),
+    [(0.0, False), (0.0, False), (1.0, False), (0.0, True)],
+    ids=["sync-1", "sync-2", "sync-drain-1s", "batching"],
+)
+def test_sigterm_under_load_answers_every_request_sent_before_it(tmp_path, drain, batching):
     """6 clients, a new connection per request, each with its own id, and one slow client,
     through SIGTERM. Every request whose connection the server's kernel took must come back 200:
     those wholly sent before the signal, those still waiting in the accept queue when the
     workers stopped, and the slow one, whose body was still arriving. A connection attempted
     after that is refused, never reset (a client can retry it safely). With a drain delay,
-    /readyz answers 503 at once and every request sent during the delay is still served. Three
-    servers: some 6,000 requests, enough for a loss of 1 in 1,000 to show."""
-    run = stop_under_load(tmp_path, drain)
+    /readyz answers 503 at once and every request sent during the delay is still served. Four
+    servers (the last with batching's threaded workers), 1,500 requests or more sent before each
+    signal: a loss of 1 in 1,000 would show."""
+    run = stop_under_load(tmp_path, drain, batching)
     ledger, signalled = run["ledger"], run["signalled"]
     before = ledger.before(signalled)
     unanswered = [(e.id, e.outcome) for e in ledger.sent if e.outcome not in ("200", "refused")]
     outcomes = ledger.outcomes()
     print(
-        f"\nSIGTERM under load (6 clients, drain {drain} s): {dict(outcomes)}; "
+        f"\nSIGTERM under load (6 clients, drain {drain} s, batching {batching}): "
+        f"{dict(outcomes)}; "
         f"{len(before)} sent before the signal, {len(unanswered)} connected and unanswered; "
         f"slow request {run['slow'].outcome}; readiness 503 'draining' after "
         f"{run['first_draining']} s, first refused connection after {run['first_refused']} s; "
