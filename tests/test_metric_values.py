@@ -50,3 +50,25 @@ def test_a_worker_killed_outright_keeps_what_it_counted(tmp_path, monkeypatch):
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, str(tmp_path))
     assert registry.get_sample_value("requests_total", {"status": "200"}) == 7
+
+
+def test_a_dead_workers_files_fold_into_the_archive_with_its_totals(tmp_path, monkeypatch):
+    """service/metrics.archive_dead_worker reads and writes prometheus-client's own files through
+    its non-public MmapedDict: this fails if a release changes that format or API."""
+    from service.metrics import archive_dead_worker
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    requests = Counter("requests", "Requests.", ["status"], registry=None)
+    for count in (3, 4):  # two workers in turn, each exits
+        child = os.fork()
+        if child == 0:  # pragma: no cover
+            requests.labels("200").inc(count)
+            os._exit(0)
+        os.waitpid(child, 0)
+        archive_dead_worker(str(tmp_path), child)
+        assert not (tmp_path / f"counter_{child}.db").exists()
+    assert sorted(p.name for p in tmp_path.glob("counter_*.db")) == ["counter_archive.db"]
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(tmp_path))
+    assert registry.get_sample_value("requests_total", {"status": "200"}) == 7

@@ -64,7 +64,10 @@ def test_the_code_s_dependencies_have_next_major_upper_bounds():
     for name in UPPER_BOUNDED:
         lower = next(s for s in bounds[name] if s.operator == ">=")
         upper = [s for s in bounds[name] if s.operator == "<"]
-        assert [s.version for s in upper] == [str(Version(lower.version).major + 1)], bounds[name]
+        v = Version(lower.version)
+        # Semantic versioning's "next major": for 0.x, where minor releases may break, 0.(x+1).
+        nxt = str(v.major + 1) if v.major else f"0.{v.minor + 1}"
+        assert [s.version for s in upper] == [nxt], bounds[name]
 
 
 @pytest.mark.parametrize(
