@@ -21,7 +21,7 @@ from service.gunicorn_hooks import (  # noqa: F401
 
 wsgi_app = "service.app:create_app()"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-# TensorFlow is not fork-safe: every worker imports the app and loads the models after the fork.
+# Model runtimes are not fork-safe: every worker imports the app and loads the models after the fork.
 preload_app = False
 # One per usable core: the CPU affinity and a container's CPU quota, not the host's cores.
 workers = int(os.environ.get("GUNICORN_WORKERS") or usable_cores())
@@ -38,7 +38,8 @@ worker_class = (
 )
 # Threads per gthread worker (Gunicorn itself turns sync with several threads into gthread).
 threads = int(os.environ.get("GUNICORN_THREADS") or (1 if _requested == "sync" else 4))
-# A sync worker is silent to the master while it serves: the first Grad-CAM loads TensorFlow.
+# A sync worker is silent to the master while it serves: the slowest request is a version's first
+# one, which converts it (some seconds).
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
