@@ -26,8 +26,19 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from service.errors import TooLarge, UndecodableImage, UnsupportedMediaType
 
-# Pillow decoders we allow; nothing else ever runs (no EPS/Ghostscript, PSD, ...).
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF")
+# The one list of image formats: the Pillow decoders we allow (nothing else ever runs: no
+# EPS/Ghostscript, PSD, ...), each with the media type the OpenAPI spec and the docs name.
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heic",
+    "AVIF": "image/avif",
+}
+ALLOWED_FORMATS = tuple(MEDIA_TYPES)
 
 
 def _sniff(data: bytes) -> str | None:

@@ -87,3 +87,18 @@ def test_each_error_status_a_route_answers_is_documented(client, spec):
         documented = {status for op in spec["paths"][path].values() for status in op["responses"]}
         assert str(r.status_code) in documented, (method, url, r.status_code, sorted(documented))
         assert r.is_json, (url, r.data[:200])
+
+
+def test_the_image_formats_are_one_list_in_the_decoder_the_spec_and_the_readme(spec):
+    from service.images import ALLOWED_FORMATS, MEDIA_TYPES
+    from tests.server import ROOT
+
+    assert tuple(MEDIA_TYPES) == ALLOWED_FORMATS
+    for path in IMAGE_ROUTES:
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        images = {t for t in content if t.startswith("image/")}
+        assert images == set(MEDIA_TYPES.values()), path
+    readme = (ROOT / "README.md").read_text()
+    listed = re.search(r"The format comes from the file's bytes \(([^)]*)\)", readme).group(1)
+    named = {name.strip().upper().replace("HEIC", "HEIF") for name in listed.split(",")}
+    assert named == set(ALLOWED_FORMATS)

@@ -7,19 +7,11 @@ from pydantic import BaseModel
 
 from service import schemas
 from service.codecs import ENCODINGS
+from service.images import MEDIA_TYPES
 
 bp = Blueprint("docs", __name__)
 
-IMAGE_TYPES = [
-    "image/jpeg",
-    "image/png",
-    "image/gif",
-    "image/webp",
-    "image/bmp",
-    "image/tiff",
-    "image/heic",
-    "image/avif",
-]
+IMAGE_TYPES = list(MEDIA_TYPES.values())  # the formats service/images.py decodes
 ERRORS = {
     "400": "Malformed request (bad JSON, bad base64, unknown layer or encoding).",
     "404": "Unknown model.",
