@@ -159,9 +159,9 @@ def post_worker_init(worker: Any) -> None:
     workers.install_drain(
         worker, state.draining, state.settings.drain_seconds, worker.convnet_stops
     )
-    # A replacement worker (after max_requests recycling or a crash) takes no connection before
-    # its models are loaded: otherwise it would answer its share of traffic 503 while the other
-    # workers could serve it. The first workers start accepting at once, so /livez and /readyz
-    # answer (503 "loading") during a cold start.
+    # A worker takes no connection before its models are loaded: otherwise it would answer its
+    # share of traffic 503 while another could serve it (a cold start's /readyz turns 200 when
+    # one worker is ready). Only the very first accepts at once, so /livez and /readyz answer
+    # (503 "loading") during a cold start.
     registry = state.registry
     workers.accept_once_loaded(worker, lambda: registry.ready.wait(1.0) or registry.error)

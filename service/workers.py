@@ -9,7 +9,7 @@ on, and fails on a Gunicorn that differs. What is used, and what for:
 - `Worker.handle_exit` (the graceful stop Gunicorn installs for SIGTERM), `Worker.PIPE` (its
   wake-up pipe), `Worker.sockets` and `Worker.alive`: the drain on SIGTERM (`install_drain`).
 - `Worker.wsgi`, `Worker.age`, `Worker.cfg`, `Worker.notify`: the app a worker loaded, and a
-  replacement worker that waits for its models before it accepts (`accept_once_loaded`).
+  worker that waits for its models before it accepts (`accept_once_loaded`).
 - `Arbiter.handle_term` (the master's SIGTERM, dispatched by name from its main loop) and
   `Arbiter.WORKERS`: telling workers that the server stops, and board slots.
 - `ThreadWorker.accept`, `set_accept_enabled`, `wait_for_and_dispatch_events`, `nr_conns` and
@@ -102,10 +102,11 @@ def loaded_app(worker: Any) -> Any:
 
 
 def accept_once_loaded(worker: Any, loaded: Callable[[], Any]) -> None:
-    """In post_worker_init: a worker forked after the first ones (a replacement, or a HUP's new
-    generation) enters Gunicorn's accept loop only once `loaded()` is true; `loaded` waits up to
-    a second, and the worker tells the master it is alive between waits."""
-    if worker.age <= worker.cfg.workers:
+    """In post_worker_init: every worker but the server's very first (`age` 1) enters Gunicorn's
+    accept loop only once `loaded()` is true; `loaded` waits up to a second, and the worker tells
+    the master it is alive between waits. The first answers /livez and /readyz ("loading")
+    during a cold start; once it is ready, a request can only reach a worker that is ready too."""
+    if worker.age == 1:
         return
     while not loaded() and worker.alive:
         worker.notify()  # the master's heartbeat: loading is not hanging

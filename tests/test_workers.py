@@ -91,7 +91,7 @@ def test_a_worker_runs_post_worker_init_with_its_app_loaded_before_it_accepts():
     assert "self.wsgi = self.app.wsgi()" in inspect.getsource(base.Worker.load_wsgi)
 
 
-def test_a_replacement_worker_waits_for_its_models_and_the_first_ones_do_not(sync_worker):
+def test_every_worker_but_the_first_waits_for_its_models(sync_worker):
     answers = iter([False, False, True])
     calls: list[int] = []
 
@@ -99,9 +99,10 @@ def test_a_replacement_worker_waits_for_its_models_and_the_first_ones_do_not(syn
         calls.append(1)
         return next(answers)
 
-    workers.accept_once_loaded(sync_worker, loaded)  # age 1 of 1 worker: a first one
+    sync_worker.age = 1  # the server's first worker
+    workers.accept_once_loaded(sync_worker, loaded)
     assert not calls
-    sync_worker.age = sync_worker.cfg.workers + 1
+    sync_worker.age = 2  # its sibling at a cold start, a replacement, or a HUP's new generation
     beats: list[int] = []
     sync_worker.notify = lambda: beats.append(1)  # the master's heartbeat while it waits
     workers.accept_once_loaded(sync_worker, loaded)
