@@ -896,4 +896,5 @@ def test_soak_flat_memory_no_errors(server):
         load.errors[:5],
         load.resets[:5],
     )
-    assert all(g < 32 for g in growth.values()), growth
+    # "Flat" (docs/hardening.md): measured 0 MiB over the second half of a 60 s soak.
+    assert all(g < 4 for g in growth.values()), growth
