@@ -420,7 +420,9 @@ def test_the_wait_for_a_worker_is_measured_behind_nginx(server, tmp_path):
     assert 3 <= delta(before, through_nginx, queued) <= 4
     assert delta(through_nginx, direct, queued) == 0
     waited = delta(before, through_nginx, "convnet_http_request_queue_seconds_sum")
-    assert 0 <= waited < 60
+    # Three requests on loopback wait milliseconds: seconds would be a units slip (ms counted
+    # as s) or a clock read wrong; 3 s leaves room for a loaded machine.
+    assert 0 <= waited < 3
 
 
 NOW = 1_700_000_001.0
