@@ -195,7 +195,8 @@ def test_random_urls_and_unknown_models_create_no_series(server):
     assert label_values(second, "model") <= SERVED_MODELS | {"unknown", ""}
     routes = {"/predict/<model>", "/features/<model>", "/gradcam/<model>", "/models/<model>"}
     routes |= {"/", "/models", "/livez", "/readyz", "/openapi.json", "unmatched"}
-    routes |= {"/docs", "/docs/<name>"}
+    routes |= {"/docs", "/docs/<name>", "/convolve", "/snapshots/<model>"}
+    routes |= {"/models/<model>/weights", "/models/<model>/snapshots"}
     endpoints = label_values(second, "endpoint")
     assert endpoints <= routes | {r for r in endpoints if r.startswith("/explorer")}
     assert not any(len(v) == 32 for lbl in ("endpoint", "model") for v in label_values(second, lbl))
