@@ -18,6 +18,9 @@ METADATA_PATH = Path("assets.extra") / "metadata.json"
 # Optional, beside the SavedModel: the network at a few moments of its training (training/snapshots.py).
 SNAPSHOTS_FOLDER = "snapshots"
 SNAPSHOTS_FILE = "snapshots.json"
+# Each snapshot engine's one signature and its output (the softmax); its input is "image".
+SNAPSHOT_SIGNATURE = "serving_default"
+SNAPSHOT_OUTPUT = "probabilities"
 FORMATS = (1, 2)
 # images.py implements each; adding a policy is one entry here and one branch there.
 RESIZE_POLICIES = ("mnist_digit", "center_crop")

@@ -13,10 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from service.metadata import SNAPSHOTS_FOLDER, read_snapshots
-
-SIGNATURE = "serving_default"
-OUTPUT = "probabilities"
+from service.metadata import SNAPSHOT_OUTPUT, SNAPSHOT_SIGNATURE, SNAPSHOTS_FOLDER, read_snapshots
 
 
 class SnapshotSet:
@@ -37,14 +34,14 @@ class SnapshotSet:
             from ai_edge_litert.interpreter import Interpreter
 
             interpreter = Interpreter(model_path=str(self.folder / entry["file"]))
-            self._runners[entry["name"]] = interpreter.get_signature_runner(SIGNATURE)
+            self._runners[entry["name"]] = interpreter.get_signature_runner(SNAPSHOT_SIGNATURE)
         return self._runners[entry["name"]]
 
     def probabilities(self, batch: np.ndarray) -> list[np.ndarray]:
         """Each snapshot's probabilities (N, classes) for a preprocessed batch, in index order."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         with self._lock:
-            return [self._runner(e)(image=batch)[OUTPUT] for e in self.entries]
+            return [self._runner(e)(image=batch)[SNAPSHOT_OUTPUT] for e in self.entries]
 
 
 class SnapshotStore:

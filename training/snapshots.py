@@ -16,11 +16,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from service.metadata import SNAPSHOTS_FILE, SNAPSHOTS_FOLDER, validate_snapshots
+from service.metadata import (
+    SNAPSHOT_OUTPUT,
+    SNAPSHOT_SIGNATURE,
+    SNAPSHOTS_FILE,
+    SNAPSHOTS_FOLDER,
+    validate_snapshots,
+)
 
 WEIGHTS_FILE = "snapshots.npz"  # in a checkpoint folder
-SIGNATURE = "serving_default"
-OUTPUT = "probabilities"
 
 
 @dataclass
@@ -99,13 +103,13 @@ def _engine(model: keras.Model) -> bytes:
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        SIGNATURE,
-        lambda image: {OUTPUT: model(image, training=False)},
+        SNAPSHOT_SIGNATURE,
+        lambda image: {SNAPSHOT_OUTPUT: model(image, training=False)},
         input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")],
     )
     with tempfile.TemporaryDirectory() as tmp:
         archive.write_out(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, [SIGNATURE])
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, [SNAPSHOT_SIGNATURE])
         # Weights stored as float16 (computed in float32): half the size, five of them per version.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
