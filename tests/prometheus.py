@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.server import ROOT, free_port, stop_process
+from tests.server import ROOT, free_port, stop_process, wait_for_ok
 
 PROMETHEUS = shutil.which("prometheus")
 DEPLOY = ROOT / "deploy"
@@ -97,16 +97,11 @@ def start_prometheus(target: str, tmp: Path) -> Iterator[Prometheus]:
         )
     prom = Prometheus(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"prometheus exited:\n{prom.log()}"
-            try:
-                if requests.get(f"{prom.url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{prom.log()}"
-            time.sleep(0.2)
+
+        def exited() -> str | None:
+            return None if proc.poll() is None else f"prometheus exited:\n{prom.log()}"
+
+        wait_for_ok(f"{prom.url}/-/ready", 60, exited)
         yield prom
     finally:
         stop_process(proc, 15)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,22 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def wait_for_ok(url: str, seconds: float, why_not: Callable[[], str | None] = lambda: None) -> None:
+    """Until GET `url` answers 200. `why_not()` names a reason to stop waiting (the process
+    behind it exited), or None."""
+    deadline = time.monotonic() + seconds
+    while True:
+        reason = why_not()
+        assert reason is None, reason
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"{url} not 200 after {seconds} s"
+        time.sleep(0.2)
 
 
 def free_port() -> int:

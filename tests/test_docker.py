@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests import corpus
+from tests.server import wait_for_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "convnet-service:ci"
@@ -49,15 +50,7 @@ def image() -> str:
 
 
 def wait_ready(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, f"{url}/readyz not 200 after {seconds} s"
-        time.sleep(0.5)
+    wait_for_ok(f"{url}/readyz", seconds)
 
 
 def check_every_endpoint(url: str) -> None:
