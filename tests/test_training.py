@@ -299,7 +299,11 @@ def test_real_scenes_file_remaps_to_balanced_classes():
 @needs_data
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("mnist", []), ("scenes", []), ("mnist", ["--tuning-split", "--dropout", "0.3"])],
+    [
+        ("mnist", []),
+        ("scenes", []),
+        ("mnist", ["--tuning-split", "--dropout", "0.3", "--outliers", "200"]),
+    ],
 )
 def test_smoke_train_and_export(name, options, tmp_path):
     """A few batches end to end through the CLI: train, evaluate, export, report."""
@@ -342,6 +346,9 @@ def test_smoke_train_and_export(name, options, tmp_path):
     assert metadata["training"]["tuning_split"] is tuning
     assert metadata["evaluation"]["split"] == ("tuning" if tuning else "validation")
     assert metadata["training"]["dropout"] == (0.3 if tuning else RECIPES[name].dropout)
+    # A smoke run draws one batch's worth of outliers at most.
+    outliers = 200 if tuning else RECIPES[name].outliers
+    assert metadata["training"]["outliers"] == min(outliers, RECIPES[name].batch_size)
 
 
 def _snapshot_probabilities(folder: Path, x: np.ndarray) -> dict[str, np.ndarray]:

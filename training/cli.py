@@ -78,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dropout", type=_rate, default=None, help="dropout rate (default: the recipe's)"
     )
     p.add_argument(
+        "--outliers",
+        type=_at_least(0),
+        default=None,
+        help="synthetic noise images trained toward equal probabilities (outlier exposure; "
+        "default: the recipe's)",
+    )
+    p.add_argument(
         "--tuning-split",
         action="store_true",
         help="for choosing hyperparameters: leave the validation split out entirely, and train "
@@ -123,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = RECIPES[args.model]
     if args.dropout is not None:
         recipe = dataclasses.replace(recipe, dropout=args.dropout)
+    if args.outliers is not None:
+        recipe = dataclasses.replace(recipe, outliers=args.outliers)
     # An explicit version is checked before training; without one, export picks the next free
     # version when it writes, so runs started side by side do not collide.
     if args.version is not None and (args.out / recipe.name / str(args.version)).exists():

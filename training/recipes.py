@@ -59,6 +59,9 @@ class Recipe:
     # Feature maps whose channel means get a distance of their own beside the embedding's
     # (training/calibration.py): the ends of the network's stages.
     distance_layers: tuple[str, ...] = ()
+    # Outlier exposure: this many synthetic noise images (training/outliers.py) join the training
+    # images, each fitted to equal probabilities for every class.
+    outliers: int = 0
 
 
 MNIST_CLASSES = [str(d) for d in range(10)]

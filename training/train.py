@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from training import calibration, data
 from training.export import Calibrated, distance_inputs, logits_and_embedding
+from training.outliers import synthetic_outliers
 from training.recipes import Recipe
 from training.snapshots import Snapshot, SnapshotRecorder
 
@@ -211,6 +212,17 @@ def split(
     return train_idx, val_idx
 
 
+def _one_hot(recipe: Recipe, labels: np.ndarray) -> np.ndarray:
+    return np.eye(len(recipe.classes), dtype=np.float32)[labels]
+
+
+def _outlier_count(recipe: Recipe, max_batches: int | None) -> int:
+    """The recipe's outliers; a smoke run's share of them, one batch's worth at most."""
+    if max_batches is None:
+        return recipe.outliers
+    return min(recipe.outliers, recipe.batch_size)
+
+
 def make_datasets(
     recipe: Recipe,
     ds: data.Dataset,
@@ -223,16 +235,21 @@ def make_datasets(
     train_idx, val_idx = split(recipe, ds, seed, max_batches)
     fit_to = ds.y if targets is None else targets
     if targets is None and recipe.label_smoothing:  # smoothing needs one-hot targets
-        fit_to = np.eye(len(recipe.classes), dtype=np.float32)[ds.y]
+        fit_to = _one_hot(recipe, ds.y)
     x_val = _scale(ds.x[val_idx], recipe).numpy()
     y_val = ds.y[val_idx]
     augment = _augment_fn(recipe, seed)
-    x_train = ds.x[train_idx]
+    x_train, y_train = ds.x[train_idx], fit_to[train_idx]
     if recipe.augment.get("variants"):  # drawn once, on the training images only
         x_train = handwriting_variants(x_train, ds.y[train_idx], recipe.augment["variants"], seed)
+    if count := _outlier_count(recipe, max_batches):
+        # Drawn once with a seed of their own; fitted to the same probability for every class.
+        noise = synthetic_outliers(count, recipe.preprocessing, seed + 1_000)
+        even = np.full((count, len(recipe.classes)), 1 / len(recipe.classes), np.float32)
+        x_train, y_train = np.concatenate([x_train, noise]), np.concatenate([y_train, even])
     train = (
-        tf.data.Dataset.from_tensor_slices((x_train, fit_to[train_idx]))
-        .shuffle(len(train_idx), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size)
         .map(lambda x, y: (augment(x), y))
         .prefetch(tf.data.AUTOTUNE)
@@ -268,6 +285,29 @@ class StopAfter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None) -> None:
         if epoch + 1 >= self.epochs:
             self.model.stop_training = True
+
+
+class InScopeAccuracy(keras.metrics.Metric):
+    """Accuracy over the rows whose target has a class (one-hot or smoothed); outlier rows, whose
+    target is the same for every class, have no right answer and are left out."""
+
+    def __init__(self, name: str = "accuracy", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.right = self.add_variable(shape=(), initializer="zeros", name="right")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        has_class = tf.reduce_max(y_true, axis=-1) > tf.reduce_min(y_true, axis=-1)
+        right = tf.equal(tf.argmax(y_true, axis=-1), tf.argmax(y_pred, axis=-1))
+        self.right.assign_add(tf.reduce_sum(tf.cast(right & has_class, tf.float32)))
+        self.total.assign_add(tf.reduce_sum(tf.cast(has_class, tf.float32)))
+
+    def result(self):
+        return tf.math.divide_no_nan(self.right, self.total)
+
+    def reset_state(self) -> None:
+        self.right.assign(0.0)
+        self.total.assign(0.0)
 
 
 def label_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
@@ -382,6 +422,8 @@ def train(
         raise ValueError(f"epochs must be 1 or more, got {epochs}")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be 1 or more, got {max_batches}")
+    if recipe.teacher is not None and recipe.outliers:
+        raise ValueError("a recipe distils from a teacher or exposes outliers, not both")
     keras.utils.set_random_seed(seed)
     ds = recipe.load(data_dir)
     if tuning_split:
@@ -394,6 +436,9 @@ def train(
         targets = np.concatenate([ds.y[:, None].astype(np.float32), logits], axis=1)
         loss = distillation_loss(recipe.distill_alpha, recipe.distill_temperature)
         metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
+    elif recipe.outliers:
+        targets, metric = _one_hot(recipe, ds.y), InScopeAccuracy()
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
     elif recipe.label_smoothing:
         targets, metric = None, keras.metrics.CategoricalAccuracy(name="accuracy")
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
@@ -424,6 +469,7 @@ def train(
         "warmup_epochs": recipe.warmup_epochs,
         "label_smoothing": recipe.label_smoothing,
         "distilled_from": teacher,
+        "outliers": _outlier_count(recipe, max_batches),
         "train_samples": int(len(ds.y) - len(y_val)) if max_batches is None else None,
         "validation_samples": len(y_val),
         "validation_split": f"stratified {recipe.val_fraction:.0%}, seed {seed}"
