@@ -47,10 +47,42 @@ def test_min_confidence_is_the_lowest_threshold_that_meets_the_target():
     confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
     correct = np.array([True, True, True, False, True, False])
     keep = np.ones(6, bool)
-    # Keeping the top 3 is 100 %, the top 5 is 80 %: a 0.8 target keeps 5, down to 0.7.
-    assert calibration.choose_min_confidence(confidence, correct, keep, 0.8) == 0.7
-    assert calibration.choose_min_confidence(confidence, correct, keep, 1.0) == 0.9
+    # At level 0.5 the bound is the accuracy itself. Keeping the top 3 is 100 %, the top 5 is
+    # 80 %: a 0.8 target keeps 5, down to 0.7.
+    assert calibration.choose_min_confidence(confidence, correct, keep, 0.8, level=0.5) == 0.7
+    assert calibration.choose_min_confidence(confidence, correct, keep, 1.0, level=0.5) == 0.9
     assert calibration.choose_min_confidence(confidence, ~correct, keep, 0.99) == 1.0
+    # At 90 %, six images are too few to vouch for 80 %: the top 3 (100 %) already bound to 70 %.
+    assert calibration.choose_min_confidence(confidence, correct, keep, 0.8) == 1.0
+    assert calibration.choose_min_confidence(confidence, correct, keep, 0.5) == 0.7
+
+
+def test_accuracy_lower_bound_is_wilsons():
+    bound = calibration.accuracy_lower_bound(np.array([97.0, 970.0]), np.array([100, 1000]), 0.9)
+    # Wilson's score interval by hand, z = 1.28155: 97/100 -> 0.93943, 970/1000 -> 0.96228.
+    np.testing.assert_allclose(bound, [0.93943, 0.96228], atol=1e-5)
+    assert calibration.accuracy_lower_bound(np.array([97.0]), np.array([100]), 0.5)[0] == 0.97
+
+
+def test_the_threshold_meets_its_target_on_new_images_with_the_confidence_asked():
+    """Chosen on one sample and scored on a fresh one from the same population, the unflagged
+    accuracy reaches the target in about 90 % of draws; without the margin, in about half."""
+    rng = np.random.default_rng(7)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        confidence = rng.uniform(0.4, 1.0, n)
+        return confidence, rng.random(n) < confidence  # right with probability = confidence
+
+    met = {0.5: 0, 0.9: 0}
+    trials = 200
+    for _ in range(trials):
+        conf_fit, ok_fit = draw(1500)
+        conf_new, ok_new = draw(20_000)
+        for level in met:
+            t = calibration.choose_min_confidence(conf_fit, ok_fit, np.ones(1500, bool), 0.9, level)
+            met[level] += ok_new[conf_new >= t].mean() >= 0.9
+    assert 0.3 < met[0.5] / trials < 0.7
+    assert met[0.9] / trials > 0.8
 
 
 def test_distance_is_the_whitened_distance_to_the_nearest_class_mean():
