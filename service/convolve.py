@@ -1,7 +1,6 @@
 """2-D convolution in numpy, as TensorFlow computes it (cross-correlation, "same" or "valid").
 
-Used to check the weights read from an engine against the engine's own activations
-(service/weights.py) and by `POST /convolve`, which applies a kernel the explorer's user picks.
+Used by `POST /convolve`, which applies a kernel the explorer's user picks.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ tenth of the time (README, Performance). tests/test_engines.py shows both engine
 
 The gradcam signature becomes an engine of its own, its gradient ops rewritten into LiteRT's
 builtin ops (service/gradcam_graph.py): no worker imports TensorFlow, and an image that carries
-converted engines (the Dockerfile's) runs without TensorFlow installed at all.
+converted engines (the Dockerfile's) runs without TensorFlow installed at all. Beside each engine,
+conversion writes the layers' trained parameters read from the SavedModel's variables
+(service/saved_weights.py), which `GET /models/<name>/weights` serves (service/weights.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from service import metadata
 
 ENGINES = ("litert", "tensorflow")
 GRADCAM_SUFFIX = ".gradcam.tflite"
+WEIGHTS_SUFFIX = ".weights.npz"
 GRADCAM_SIGNATURE = "gradcam"  # the Grad-CAM engine's one signature (service/gradcam_graph.py)
 
 log = logging.getLogger(__name__)
@@ -176,6 +179,17 @@ def gradcam_path(engine_file: Path) -> Path:
     return Path(engine_file).with_suffix(GRADCAM_SUFFIX)
 
 
+def weights_path(engine_file: Path) -> Path:
+    """The layers' weights file beside a model's engine file."""
+    return Path(engine_file).with_suffix(WEIGHTS_SUFFIX)
+
+
+def is_complete(engine_file: Path) -> bool:
+    """`convert` writes the engine file last, so it vouches for the files written before it; a
+    cache entry older than weights files has none, and converts again."""
+    return Path(engine_file).exists() and weights_path(engine_file).exists()
+
+
 def can_convert() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
@@ -189,6 +203,7 @@ def converted_elsewhere(model_path: Path, cache_dir: Path) -> Path:
         f
         for f in Path(cache_dir).glob(f"{prefix}*.tflite")
         if not f.name.endswith(GRADCAM_SUFFIX)
+        and is_complete(f)
         and (not md["signatures"].get("gradcam") or gradcam_path(f).exists())
     ]
     if not found:
@@ -202,14 +217,19 @@ def converted_elsewhere(model_path: Path, cache_dir: Path) -> Path:
 
 def convert(model_path: Path, out: Path) -> None:
     """SavedModel -> LiteRT flatbuffers: the predict and features signatures in `out`, Grad-CAM
-    in gradcam_path(out) (imports TF). `out` is written last: it marks the pair complete."""
+    in gradcam_path(out), and the layers' weights in weights_path(out) (imports TF). `out` is
+    written last: it marks the entry complete."""
     import tensorflow as tf
 
-    sigs = read_metadata(model_path)["signatures"]
+    from service import saved_weights
+
+    md = read_metadata(model_path)
+    sigs = md["signatures"]
     if sigs.get("gradcam"):
         from service import gradcam_graph
 
         _write_atomically(gradcam_path(out), gradcam_graph.convert(model_path))
+    _write_atomically(weights_path(out), saved_weights.npz_bytes(model_path, md))
     converter = tf.lite.TFLiteConverter.from_saved_model(
         str(model_path), signature_keys=[sigs["predict"]["name"], sigs["features"]["name"]]
     )
@@ -252,12 +272,12 @@ def prepare(model_paths: dict[str, Path], cache_dir: Path, timeout: float = 600)
     if Path(cache_dir).exists() or Path(cache_dir).is_symlink():
         check_cache(cache_dir)  # before trusting a file in it
     targets = {name: engine_path(path, cache_dir) for name, path in model_paths.items()}
-    missing = {name: t for name, t in targets.items() if not t.exists()}
+    missing = {name: t for name, t in targets.items() if not is_complete(t)}
     if not missing:  # all cached: nothing to write (the cache may sit on a read-only filesystem)
         return targets
     if not can_convert():
         return {
-            name: t if t.exists() else converted_elsewhere(model_paths[name], cache_dir)
+            name: t if is_complete(t) else converted_elsewhere(model_paths[name], cache_dir)
             for name, t in targets.items()
         }
     check_cache(cache_dir)
@@ -265,7 +285,7 @@ def prepare(model_paths: dict[str, Path], cache_dir: Path, timeout: float = 600)
         fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time, across processes
         # Another process may have converted some meanwhile. One subprocess converts the rest:
         # importing TensorFlow is most of the time a conversion takes.
-        pairs = [(str(model_paths[n]), str(t)) for n, t in missing.items() if not t.exists()]
+        pairs = [(str(model_paths[n]), str(t)) for n, t in missing.items() if not is_complete(t)]
         if pairs:
             done = subprocess.run(
                 [sys.executable, "-m", "service.engines", *(arg for pair in pairs for arg in pair)],

@@ -1,25 +1,17 @@
-"""A model's learned parameters, read from its LiteRT engine file: no TensorFlow needed.
+"""A model's learned parameters, from the file written beside its engine: numpy only.
 
-The converter keeps each weighted layer's constants as tensors named after the Keras layer
-(`.../conv1_1/convolution`, `.../fc1_1/MatMul`, `.../bn1_1/batchnorm/mul`), in LiteRT's layouts:
-conv kernels (out, h, w, in), dense kernels (out, in). They are matched to the layer table by
-those names and checked against its shapes, then returned in Keras's layouts: conv kernels
-(h, w, in, out), dense kernels (in, out). tests/test_weights.py compares every array with the
-SavedModel's own variables, so a converter that names or lays out tensors differently fails there.
-
-Batch norm at inference is one multiply and one add per channel; the engine holds exactly those
-two vectors (gamma / sqrt(var + eps) and beta - mean * that), returned as `scale` and `offset`.
-
-The converter may fold a constant factor into a kernel: scenes' `flip_mean` halves the sum of two
-rows, and the engine's `fc` kernel holds half the trained weights. So every layer is checked
-against the engine's own activations for a probe image: a kernel off by one factor is rescaled
-by it, and any other disagreement is an error rather than wrong numbers served.
+When the service converts a SavedModel to its LiteRT engine (service/engines.py), it also writes
+every weighted layer's arrays, read from the SavedModel's own variables (service/saved_weights.py),
+into a `.weights.npz` file beside the engine. Here that file is read and checked against the
+metadata's layer table (which layers have weights, each array's shape), and the arrays are served
+in Keras's layouts: conv kernels (h, w, in, out), dense kernels (in, out). For batch norm the file
+holds what inference computes with, `scale` = gamma / sqrt(var + eps) and `offset` = beta - mean *
+scale. tests/test_weights.py compares every array with the SavedModel's variables.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from service.convolve import conv2d
 from service.errors import BadRequest
 
 # The layer types with parameters, and the arrays each has (y = x * kernel + bias, or for batch
@@ -37,170 +28,88 @@ PARAMETERS = {
     "dense": ("kernel", "bias"),
     "batchnorm": ("scale", "offset"),
 }
+# A conv followed by batch norm is built without a bias: it would only shift the mean.
+OPTIONAL = {"bias"}
+
+Weights = dict[str, dict[str, np.ndarray | None]]
 
 
 class WeightsError(Exception):
-    """The engine file's tensors do not match the layer table (a converter that names or lays
-    out tensors differently from the one tested)."""
+    """A weights file (or a SavedModel's variables) that does not match the layer table."""
 
 
-def _owner_segments(name: str) -> list[list[str]]:
-    """A tensor name's scopes: 'a/conv1_1/BiasAdd;a/conv1_1/convolution' -> [[a, conv1_1,
-    BiasAdd], [a, conv1_1, convolution]] (the converter joins fused ops' names with ';')."""
-    return [part.split("/") for part in name.split(";")]
-
-
-def _belongs(segments: list[list[str]], layer: str) -> bool:
-    # Keras 3 traces a layer under its name plus a call counter: conv1 -> conv1_1.
-    pattern = re.compile(rf"{re.escape(layer)}(_\d+)?")
-    return any(pattern.fullmatch(seg) for part in segments for seg in part)
-
-
-def _last(segments: list[list[str]]) -> set[str]:
-    return {part[-1] for part in segments}
-
-
-def _input_size(row: dict[str, Any], rows: dict[str, dict[str, Any]], image_shape: list[int]):
-    """The shape of what `row` takes in (its first input's output, or the image)."""
-    source = (row.get("inputs") or [None])[0]
-    return rows[source]["output_shape"] if source in rows else image_shape
-
-
-def read(engine_file: Path, metadata: dict[str, Any]) -> dict[str, dict[str, np.ndarray | None]]:
-    """Every weighted layer's arrays, in the layer table's order, Keras layouts; a layer built
-    without a bias (a conv followed by batch norm) has bias None."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(engine_file))
-    constants = []
-    for detail in interpreter.get_tensor_details():
-        try:
-            value = interpreter.get_tensor(detail["index"])
-        except ValueError:  # an activation: no buffer until the graph runs
-            continue
-        if value.dtype == np.float32 and value.size > 1:
-            constants.append((_owner_segments(detail["name"]), np.array(value)))
-
+def expected_shapes(metadata: dict[str, Any]) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Each weighted layer's arrays and their shapes, in the layer table's order, as its rows
+    (kernel size, filters, units, the input's shape) imply them."""
     rows = {row["name"]: row for row in metadata["layers"]}
-    image_shape = metadata["input"]["shape"]
-    out: dict[str, dict[str, np.ndarray | None]] = {}
+    out: dict[str, dict[str, tuple[int, ...]]] = {}
     for row in metadata["layers"]:
-        if row["type"] not in PARAMETERS:
+        name, kind = row["name"], row["type"]
+        if kind not in PARAMETERS:
             continue
-        mine = [(segs, v) for segs, v in constants if _belongs(segs, row["name"])]
-        fan_in = _input_size(row, rows, image_shape)
-        out[row["name"]] = _layer_arrays(row, fan_in, mine)
+        source = (row.get("inputs") or [None])[0]
+        fan_in = rows[source]["output_shape"] if source in rows else metadata["input"]["shape"]
+        if kind == "conv":
+            filters = row["filters"]
+            out[name] = {"kernel": (*row["kernel_size"], fan_in[-1], filters), "bias": (filters,)}
+        elif kind == "dense":
+            out[name] = {"kernel": (math.prod(fan_in), row["units"]), "bias": (row["units"],)}
+        else:
+            channels = (row["output_shape"][-1],)
+            out[name] = {"scale": channels, "offset": channels}
     return out
 
 
-def _one(found: list[np.ndarray], what: str, optional: bool = False) -> np.ndarray | None:
-    if len(found) == 1:
-        return found[0]
-    if not found and optional:
-        return None
-    raise WeightsError(f"{len(found)} tensors look like {what} in the engine file (want 1)")
+def validate(arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Weights:
+    """`arrays` by "<layer>/<array>" ("conv1/kernel"), checked against the layer table: every
+    array there (a bias may be missing: None), float32 of its shape, nothing else."""
+    shapes = expected_shapes(metadata)
+    known = {f"{layer}/{array}" for layer, wanted in shapes.items() for array in wanted}
+    unexpected = sorted(set(arrays) - known)
+    if unexpected:
+        raise WeightsError(f"arrays {unexpected} belong to no weighted layer of the layer table")
+    out: Weights = {}
+    for layer, wanted in shapes.items():
+        out[layer] = {}
+        for array, shape in wanted.items():
+            value = arrays.get(f"{layer}/{array}")
+            if value is None and array not in OPTIONAL:
+                raise WeightsError(f"no {layer}/{array} where the layer table has one")
+            if value is not None and (value.shape != shape or value.dtype != np.float32):
+                raise WeightsError(
+                    f"{layer}/{array} is {value.dtype} {list(value.shape)}, "
+                    f"the layer table implies float32 {list(shape)}"
+                )
+            out[layer][array] = value
+    return out
 
 
-def _layer_arrays(row: dict[str, Any], fan_in: list[int], mine: list) -> dict:
-    name, kind = row["name"], row["type"]
-    if kind == "conv":
-        kh, kw = row["kernel_size"]
-        want = (row["filters"], kh, kw, fan_in[-1])
-        kernel = _one([v for _, v in mine if v.shape == want], f"{name}'s kernel {list(want)}")
-        bias = _one(
-            [v for s, v in mine if v.shape == (want[0],) and "BiasAdd" in _segments_flat(s)],
-            f"{name}'s bias",
-            optional=True,
-        )
-        return {"kernel": kernel.transpose(1, 2, 3, 0), "bias": bias}
-    if kind == "dense":
-        want = (row["units"], math.prod(fan_in))
-        kernel = _one([v for _, v in mine if v.shape == want], f"{name}'s kernel {list(want)}")
-        bias = _one(
-            [v for s, v in mine if v.shape == (want[0],) and "BiasAdd" in _segments_flat(s)],
-            f"{name}'s bias",
-            optional=True,
-        )
-        return {"kernel": kernel.T, "bias": bias}
-    channels = (row["output_shape"][-1],)
-    scale = _one(
-        [v for s, v in mine if v.shape == channels and "mul" in _last(s)], f"{name}'s scale"
-    )
-    offset = _one(
-        [v for s, v in mine if v.shape == channels and "sub" in _last(s)], f"{name}'s offset"
-    )
-    return {"scale": scale, "offset": offset}
-
-
-def _segments_flat(segments: list[list[str]]) -> set[str]:
-    return {seg for part in segments for seg in part}
-
-
-def _layer_output(row: dict[str, Any], arrays: dict, x: np.ndarray) -> np.ndarray:
-    """What the layer computes from its input `x` (no batch axis) with `arrays`."""
-    if row["type"] == "batchnorm":
-        return x * arrays["scale"] + arrays["offset"]
-    if row["type"] == "conv":
-        y = conv2d(x, arrays["kernel"], tuple(row.get("stride") or (1, 1)), row["padding"])
-    else:
-        y = x.reshape(-1).astype(np.float64) @ arrays["kernel"]
-    return y if arrays["bias"] is None else y + arrays["bias"]
-
-
-def check(
-    weights: dict[str, dict], metadata: dict[str, Any], activations: dict[str, np.ndarray]
-) -> dict[str, dict]:
-    """`weights` checked against `activations` (every layer's output for one probe image, no
-    batch axis, and "image": the probe), kernels rescaled where the converter folded a factor
-    into them. Raises WeightsError for a layer that does not reproduce its activation."""
-    rows = {row["name"]: row for row in metadata["layers"]}
-    for name, arrays in weights.items():
-        row = rows[name]
-        x = activations[(row.get("inputs") or ["image"])[0]]
-        y = activations[name].astype(np.float64)
-        relu = row.get("activation") == "relu"
-        if "kernel" in arrays:
-            bias = 0.0 if arrays["bias"] is None else arrays["bias"]
-            z = _layer_output(row, {**arrays, "bias": None}, x)
-            used = y > 0 if relu else np.ones(y.shape, bool)  # a ReLU hides the rest
-            factor = float(np.sum((y - bias) * z * used) / max(np.sum(z * z * used), 1e-30))
-            if abs(factor - 1) > 1e-4:
-                arrays["kernel"] = (arrays["kernel"] * factor).astype(np.float32)
-        got = _layer_output(row, arrays, x)
-        if relu:
-            got = np.maximum(got, 0)
-        error = float(np.max(np.abs(got - y)))
-        if error > 1e-4 * max(1.0, float(np.max(np.abs(y)))):
-            raise WeightsError(f"{name}'s weights reproduce its activations only within {error:g}")
-    return weights
+def read(weights_file: Path, metadata: dict[str, Any]) -> Weights:
+    """Every weighted layer's arrays, in the layer table's order; a layer built without a bias
+    has bias None."""
+    try:
+        with np.load(weights_file, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{weights_file} is not a readable weights file ({exc})") from exc
+    return validate(arrays, metadata)
 
 
 class WeightStore:
-    """Each model version's weights, read from its engine file and checked once per process."""
+    """Each model version's weights, read once per process."""
 
     def __init__(self) -> None:
-        self._cache: dict[Path, dict[str, dict[str, np.ndarray | None]]] = {}
+        self._cache: dict[Path, Weights] = {}
         self._lock = threading.Lock()
 
-    def get(self, engine_file: Path, metadata: dict[str, Any], features) -> dict:
-        """`features(batch)`: the engine's every layer output, as Model.features returns."""
+    def get(self, weights_file: Path, metadata: dict[str, Any]) -> Weights:
         with self._lock:
-            if engine_file not in self._cache:
-                self._cache[engine_file] = check(
-                    read(engine_file, metadata), metadata, probe_activations(metadata, features)
-                )
-            return self._cache[engine_file]
+            if weights_file not in self._cache:
+                self._cache[weights_file] = read(weights_file, metadata)
+            return self._cache[weights_file]
 
 
-def probe_activations(metadata: dict[str, Any], features) -> dict[str, np.ndarray]:
-    """Every layer's output for a fixed random image in the input's range (0..1)."""
-    probe = np.random.default_rng(0).random((1, *metadata["input"]["shape"]), np.float32)
-    acts = {name: np.asarray(v)[0] for name, v in features(probe).items()}
-    acts["image"] = probe[0]
-    return acts
-
-
-def select(weights: dict[str, dict], metadata: dict[str, Any], requested: str | None) -> list[str]:
+def select(weights: Weights, metadata: dict[str, Any], requested: str | None) -> list[str]:
     """The weighted layers named in `requested` (comma-separated), in network order; all of
     them when it names none. Unknown names and layers without weights are a 400."""
     names = [n.strip() for n in (requested or "").split(",") if n.strip()]
@@ -223,7 +132,7 @@ def body(
     model: str,
     version: str,
     metadata: dict[str, Any],
-    weights: dict[str, dict],
+    weights: Weights,
     names: Iterable[str],
     encode,
 ) -> dict:

@@ -1,6 +1,7 @@
 """The LiteRT engine built from each SavedModel answers like the SavedModel itself: probabilities
 within 1e-5, each layer's activations within 1e-5 of that layer's largest (at least 1), the
-distance within a relative 1e-4."""
+distance within a relative 1e-4. The cache: keyed by the SavedModel and the converter, private,
+complete only with the layers' weights file beside the engine."""
 
 from __future__ import annotations
 
@@ -67,6 +68,46 @@ def test_engines_converted_elsewhere_serve_without_tensorflow(engine_files, monk
     assert engines.prepare({name: MODELS[name]}, cache) == {name: engine_files[name]}
     with pytest.raises(RuntimeError, match=r"TensorFlow is not installed to convert one"):
         engines.prepare({name: MODELS[name]}, cache.parent / "empty")
+
+
+def test_an_entry_without_its_weights_file_converts_again(tmp_path, engine_files, monkeypatch):
+    """A cache entry written before weights files existed is incomplete: with TensorFlow it
+    converts again, without it is no engine to serve."""
+    import shutil
+
+    name = "mnist"
+    old = tmp_path / "old"
+    engines.check_cache(old)
+    engine = old / engine_files[name].name
+    for source in (engine_files[name], engines.gradcam_path(engine_files[name])):
+        shutil.copy2(source, old / source.name)
+    assert engines.weights_path(engine_files[name]).exists()
+    assert not engines.weights_path(engine).exists()
+    with monkeypatch.context() as m:
+        m.setattr(engines, "can_convert", lambda: False)
+        with pytest.raises(RuntimeError, match="TensorFlow is not installed"):
+            engines.prepare({name: MODELS[name]}, old)
+    assert engines.prepare({name: MODELS[name]}, old) == {name: engine}
+    with (
+        np.load(engines.weights_path(engine)) as written,
+        np.load(engines.weights_path(engine_files[name])) as first,
+    ):
+        assert written.files == first.files and "conv1/kernel" in written.files
+        for key in written.files:
+            np.testing.assert_array_equal(written[key], first[key])
+
+
+def test_a_batch_norm_epsilon_other_than_the_models_fails_the_conversion(monkeypatch):
+    """Epsilon is no variable: the scale written is proved against the SavedModel's own batch
+    norm activations, so a layer built with another epsilon cannot serve wrong scales."""
+    from service import saved_weights, weights
+
+    metadata = engines.read_metadata(MODELS["scenes"])
+    arrays = saved_weights.layer_arrays(MODELS["scenes"], metadata)
+    assert {"bn1/scale", "bn1/offset", "fc/kernel", "fc/bias"} <= set(arrays)
+    monkeypatch.setattr(saved_weights, "BATCH_NORM_EPSILON", 0.1)
+    with pytest.raises(weights.WeightsError, match=r"batch norm bn1 with epsilon 0\.1 is off"):
+        saved_weights.layer_arrays(MODELS["scenes"], metadata)
 
 
 def test_engine_cache_is_keyed_by_the_savedmodel(tmp_path, engine_files, monkeypatch):

@@ -1,8 +1,9 @@
 """`GET /models/<name>/weights` and `POST /convolve` over the real Gunicorn server.
 
-The weights the service reads from its LiteRT engine must be the SavedModel's own variables
-(TensorFlow reads those here, never in the service), in Keras's layouts, and must reproduce the
-activations `/features` returns. `/convolve` must compute exactly what a naive loop computes.
+The weights the service serves from the file written beside its engine must be the SavedModel's
+own variables (TensorFlow reads those here, never in the service), in Keras's layouts, and must
+reproduce the activations `/features` returns; a file that does not match the layer table is
+refused. `/convolve` must compute exactly what a naive loop computes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 import requests
 
+from service import engines
+from service import weights as weights_file
 from service.convolve import same_padding
 from tests.server import MODELS_DIR
 
@@ -175,6 +178,38 @@ def test_weights_reproduce_the_served_activations(server, served, name):
                 got = np.maximum(got, 0)
         want = acts[lname]
         np.testing.assert_allclose(got, want, atol=1e-4 * max(1, np.abs(want).max()), err_msg=lname)
+
+
+def test_a_weights_file_off_the_layer_table_is_refused(tmp_path):
+    """Every array the layer table implies, float32 of its shape, and nothing else; a conv
+    without a bias reads as None."""
+    metadata = engines.read_metadata(MODELS_DIR / "scenes" / "4")
+    shapes = weights_file.expected_shapes(metadata)
+    assert shapes["conv1"]["kernel"] == (3, 3, 3, 32) and shapes["fc"]["kernel"] == (128, 4)
+    good = {
+        f"{layer}/{array}": np.ones(shape, np.float32)
+        for layer, wanted in shapes.items()
+        for array, shape in wanted.items()
+    }
+    del good["conv1/bias"]
+    path = tmp_path / "good.weights.npz"
+    np.savez(path, **good)
+    read = weights_file.read(path, metadata)
+    assert list(read) == list(shapes) and read["conv1"]["bias"] is None
+    assert read["bn1"]["scale"].shape == (32,)
+    bad = [
+        ({**good, "fc/kernel": np.ones((4, 128), np.float32)}, r"fc/kernel is float32 \[4, 128\]"),
+        ({**good, "bn1/offset": np.ones(32)}, "bn1/offset is float64"),
+        ({k: v for k, v in good.items() if k != "b1_1_conv_a/kernel"}, "no b1_1_conv_a/kernel"),
+        ({**good, "flip/kernel": np.ones(3, np.float32)}, "belong to no weighted layer"),
+    ]
+    for arrays, words in bad:
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(weights_file.WeightsError, match=words):
+            weights_file.read(tmp_path / "bad.npz", metadata)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(weights_file.WeightsError, match="not a readable weights file"):
+        weights_file.read(tmp_path / "junk.npz", metadata)
 
 
 # ------------------------------------------------------------------ /convolve

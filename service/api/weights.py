@@ -1,5 +1,5 @@
 """`GET /models/<model>/weights`: each weighted layer's kernel and bias (batch norm: scale and
-offset), in Keras's layouts, read from the served engine (service/weights.py)."""
+offset), in Keras's layouts, from the weights file written beside the engine (service/weights.py)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def get_weights(model: str):
     encoding = request.args.get("encoding", "json")
     if encoding not in codecs.ENCODINGS:
         raise BadRequest(f"unknown encoding {encoding!r}; use one of {', '.join(codecs.ENCODINGS)}")
-    # The served engine's file (converted in a subprocess first only under the tensorflow engine).
+    # Written with the engine (converted in a subprocess first only under the tensorflow engine).
     engine_file = engines.prepare({m.name: m.path}, state().registry.engine_cache)[m.name]
     try:
-        found = _STORE.get(engine_file, m.metadata, m.features)
+        found = _STORE.get(engines.weights_path(engine_file), m.metadata)
     except weights.WeightsError as exc:
         raise ApiError(
             f"the weights of {m.name} cannot be read: {exc}", code="internal", status=500
