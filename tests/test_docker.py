@@ -54,7 +54,7 @@ def wait_ready(url: str, seconds: float = 120) -> None:
 
 
 def check_every_endpoint(url: str) -> None:
-    """A prediction per model, its features and Grad-CAM, and the explorer page."""
+    """A prediction per model, its features, Grad-CAM and weights, and the explorer page."""
     models = requests.get(f"{url}/models", timeout=10).json()
     names = sorted(m["name"] for m in models["models"])
     assert names == sorted(p.name for p in (ROOT / "models").iterdir() if p.is_dir())
@@ -64,6 +64,9 @@ def check_every_endpoint(url: str) -> None:
         for route in ("predict", "features", "gradcam"):
             r = requests.post(f"{url}/{route}/{name}", data=image, headers=headers, timeout=60)
             assert r.status_code == 200, f"/{route}/{name}: {r.status_code} {r.text[:300]}"
+        # Written beside the engine by the build stage: the runtime has no TensorFlow to read them.
+        r = requests.get(f"{url}/models/{name}/weights", params={"encoding": "base64"}, timeout=60)
+        assert r.status_code == 200 and r.json()["layers"], f"{name}'s weights: {r.text[:300]}"
     for page in ("/", "/docs"):  # the explorer, Swagger UI
         r = requests.get(f"{url}{page}", timeout=10)
         assert r.status_code == 200 and "text/html" in r.headers["Content-Type"], page
