@@ -6,10 +6,10 @@ in service/ because conversion does: the Docker build stage that converts has se
 models/, not training/, and the service imports nothing from training/.
 
 Keras 3 exports name each variable "<layer>/<weight>", older ones under the model's name
-("lenet/conv1/kernel"); `variable_key` is that rule, and training/checkpoint.py's `_matching` reads
-exports by it too. Which layers have which arrays, and their shapes, come from the metadata's
-layer table, not from a Keras model: older versions were trained with other architectures than
-today's recipes build.
+("lenet/conv1/kernel"); `variable_key` is that rule, the one training/checkpoint.py's `_matching`
+follows (training may import it from here; service/ never imports training/). Which layers have
+which arrays, and their shapes, come from the metadata's layer table, not from a Keras model:
+older versions were trained with other architectures than today's recipes build.
 """
 
 from __future__ import annotations
