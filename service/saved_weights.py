@@ -78,10 +78,11 @@ def _check_batch_norm(loaded, metadata: dict[str, Any], arrays: dict[str, np.nda
     probe = np.random.default_rng(0).random((1, *shape), np.float32)
     features = loaded.signatures[metadata["signatures"]["features"]["name"]]
     acts = {name: t.numpy()[0] for name, t in features(image=tf.constant(probe)).items()}
+    inputs = weights.sources(metadata)
     for row in metadata["layers"]:
         if row["type"] != "batchnorm":
             continue
-        name, source = row["name"], row["inputs"][0]
+        name, source = row["name"], inputs[row["name"]]
         x = acts[source] if source in acts else probe[0]  # the image itself
         got = x * arrays[f"{name}/scale"] + arrays[f"{name}/offset"]
         error = float(np.max(np.abs(got - acts[name])))

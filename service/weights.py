@@ -38,16 +38,27 @@ class WeightsError(Exception):
     """A weights file (or a SavedModel's variables) that does not match the layer table."""
 
 
+def sources(metadata: dict[str, Any]) -> dict[str, str]:
+    """Each layer's (first) input: a row's `inputs`, or in a table without them (format 1, a
+    chain) the row before it; "image" for the first."""
+    out, previous = {}, "image"
+    for row in metadata["layers"]:
+        out[row["name"]] = (row.get("inputs") or [previous])[0]
+        previous = row["name"]
+    return out
+
+
 def expected_shapes(metadata: dict[str, Any]) -> dict[str, dict[str, tuple[int, ...]]]:
     """Each weighted layer's arrays and their shapes, in the layer table's order, as its rows
     (kernel size, filters, units, the input's shape) imply them."""
     rows = {row["name"]: row for row in metadata["layers"]}
+    inputs = sources(metadata)
     out: dict[str, dict[str, tuple[int, ...]]] = {}
     for row in metadata["layers"]:
         name, kind = row["name"], row["type"]
         if kind not in PARAMETERS:
             continue
-        source = (row.get("inputs") or [None])[0]
+        source = inputs[name]
         fan_in = rows[source]["output_shape"] if source in rows else metadata["input"]["shape"]
         if kind == "conv":
             filters = row["filters"]

@@ -97,6 +97,26 @@ def test_an_entry_without_its_weights_file_converts_again(tmp_path, engine_files
             np.testing.assert_array_equal(written[key], first[key])
 
 
+@pytest.mark.parametrize(
+    "version",
+    sorted(
+        p.parent.relative_to(MODELS_DIR).as_posix() for p in MODELS_DIR.glob("*/*/saved_model.pb")
+    ),
+)
+def test_every_committed_version_has_its_weights(version):
+    """The image's build stage converts every version: older layer tables (format 1, a chain
+    without `inputs`) imply the same shapes as the variables' too."""
+    from service import saved_weights, weights
+
+    metadata = engines.read_metadata(MODELS_DIR / version)
+    arrays = weights.validate(saved_weights.layer_arrays(MODELS_DIR / version, metadata), metadata)
+    weighted = [r["name"] for r in metadata["layers"] if r["type"] in weights.PARAMETERS]
+    assert list(arrays) == weighted
+    if version.startswith("mnist/"):
+        assert arrays["conv2"]["kernel"].shape == (5, 5, 6, 16)
+        assert arrays["fc1"]["kernel"].shape == (400, 120)
+
+
 def test_a_batch_norm_epsilon_other_than_the_models_fails_the_conversion(monkeypatch):
     """Epsilon is no variable: the scale written is proved against the SavedModel's own batch
     norm activations, so a layer built with another epsilon cannot serve wrong scales."""
