@@ -1,7 +1,7 @@
 """The model call alone: one image through each version's LiteRT engine, on one thread.
 
     python -m bench.model_call                         # every version under models/
-    python -m bench.model_call models/scenes/2 models/scenes/3 --calls 2000
+    python -m bench.model_call models/scenes/2 models/scenes/5 --calls 2000
 
 Each version is converted as the service converts it (service/engines.py, a cache under /tmp) and
 timed in turn, in one process, with the same random input: the median and 90th percentile of

@@ -1,6 +1,6 @@
 """Give an exported version the training snapshots it was made without (training/snapshots.py).
 
-python scripts/replay_snapshots.py scenes models/scenes/3 [--data-dir ../shared/data]
+python scripts/replay_snapshots.py scenes models/scenes/5 [--data-dir ../shared/data]
 """
 
 from __future__ import annotations
