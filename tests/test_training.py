@@ -708,3 +708,26 @@ def test_export_refuses_metadata_the_service_would_refuse(tmp_path):
     with pytest.raises(MetadataError, match=r"calibration\.method.*uncertainty\.min_confidence"):
         export.export(model, MNIST, tmp_path, None, {"seed": 0}, {"accuracy": 0.0}, bad)
     assert not (tmp_path / "mnist" / "1").exists()
+
+
+def test_an_exported_version_reads_back_into_the_recipes_network():
+    """`--from-checkpoint models/<name>/<v>`: the recipe's network with the version's variables
+    computes what the version serves (before the temperature, which the export adds)."""
+    import tensorflow as tf
+
+    from training import checkpoint
+
+    version = ROOT / "models" / "mnist" / "5"
+    result = checkpoint.load(version, MNIST)
+    metadata = json.loads((version / "assets.extra" / "metadata.json").read_text())
+    assert result.training["weights_from"] == "mnist v5"
+    assert result.evaluation["accuracy"] == metadata["evaluation"]["accuracy"]
+    x = np.random.default_rng(3).random((8, 32, 32, 1), dtype=np.float32)
+    served = tf.saved_model.load(str(version)).signatures["serving_default"](tf.constant(x))
+    t = metadata["calibration"]["temperature"]
+    log_p = np.log(np.asarray(result.model(x, training=False), np.float64))
+    expected = np.exp(log_p / t - (log_p / t).max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    with pytest.raises(checkpoint.CheckpointError, match="'conv1/kernel' has shape"):
+        checkpoint.load(version, SCENES)

@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 
 from service.metadata import SNAPSHOTS_FOLDER
+from service.saved_weights import variable_key
 from training import snapshots
 from training.recipes import Recipe
 from training.train import TrainResult
@@ -72,9 +73,9 @@ def _matching(saved: list, model: keras.Model, version_dir: Path) -> list:
     remaining = iter(saved)
     matched = []
     for weight in model.weights:
-        want = "/".join(weight.path.split("/")[-2:])  # "conv1/kernel"
+        want = variable_key(weight.path)  # "conv1/kernel"
         for value in remaining:
-            if value.name.removesuffix(":0").endswith(want):
+            if variable_key(value.name) == want:
                 break
         else:
             raise CheckpointError(f"{version_dir}: no variable {want!r} where the recipe has one")
