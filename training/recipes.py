@@ -116,6 +116,9 @@ MNIST = Recipe(
     min_flagged=0.04,
     # No distance_layers: with pool1 and pool2 as heads (docs/training.md), photos were flagged
     # 98 % instead of 93 %, but two-level scans of real digits 26 % instead of 9 %.
+    # Outlier exposure, on the tuning split: 99.26 % against 99.24 % without, noise flagged
+    # 100 % against 99 %, photos 98.0 % against 91.4 % (docs/training.md).
+    outliers=6000,
 )
 
 SCENES = Recipe(
