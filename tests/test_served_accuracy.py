@@ -115,8 +115,11 @@ def test_held_out_files_give_the_accuracy_recorded_at_export(as_png, name):
     right, y, metadata = as_png[name]
     recorded = round((1 - metadata["evaluation"]["accuracy"]) * len(y))
     # The same pixels, decoded and preprocessed by the service and run by its LiteRT engine
-    # (equal to the SavedModel within 1e-5): at most a near-tie may flip.
-    assert abs(int((~right).sum()) - recorded) <= 1, ((~right).sum(), recorded, len(y))
+    # (equal to the SavedModel within 1e-5): at most a near-tie may flip. A digit is normalised
+    # again (ink box, resampling, centre of mass), close to but not exactly MNIST's own: up to
+    # 0.1 % of the digits may flip (mnist v6: 3 of 5,999, each to the right answer).
+    allowed = 1 if name == "scenes" else round(0.001 * len(y))
+    assert abs(int((~right).sum()) - recorded) <= allowed, ((~right).sum(), recorded, len(y))
 
 
 # Each way of sending, on a seeded sample of the split (rendering a photo costs 10-20 ms), and how

@@ -57,7 +57,9 @@ def test_model_info_shows_the_calibration_and_the_rule(info, model):
     assert c["method"] == "temperature scaling" and 0.05 < c["temperature"] < 20
     assert c["ece_after"] <= 0.02, c  # the target, on the held-out split
     assert 0 < u["min_confidence"] < 1 and u["max_distance"] > 0
-    assert u["validation"]["accuracy_unflagged"] >= u["target_accuracy_unflagged"] - 0.005
+    # Chosen with a margin (a 90 % lower bound), the target holds on images it was not chosen on.
+    assert u["target_confidence"] == 0.9
+    assert u["validation"]["accuracy_unflagged"] >= u["target_accuracy_unflagged"]
     assert u["validation"]["coverage"] > 0.7
 
 
@@ -81,6 +83,14 @@ def test_blank_and_noise_images_are_flagged(server, model):
         "grey": np.full((48, 80, 3), 128, np.uint8),
         "colour noise": rng.integers(0, 256, (96, 96, 3), dtype=np.uint8),
         "grey noise": np.repeat(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2),
+        # A large Gaussian grain: a digit's normalisation scales it into faint specks.
+        "gaussian noise": np.repeat(
+            np.clip(rng.normal(128, 50, (220, 220, 1)), 0, 255).astype(np.uint8), 3, axis=2
+        ),
+        # Dense salt and pepper, small: normalised into a 20 px square of dots.
+        "salt and pepper": np.repeat(
+            np.where(rng.random((40, 40, 1)) < 0.5, 0, 255).astype(np.uint8), 3, axis=2
+        ),
     }
     for kind, arr in images.items():
         p = predict(server, model, corpus.png(arr))
