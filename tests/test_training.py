@@ -302,7 +302,10 @@ def test_real_scenes_file_remaps_to_balanced_classes():
     [
         ("mnist", []),
         ("scenes", []),
-        ("mnist", ["--tuning-split", "--dropout", "0.3", "--outliers", "200"]),
+        (
+            "mnist",
+            ["--tuning-split", "--dropout", "0.3", "--outliers", "200", "--augment", "shear=0.1"],
+        ),
     ],
 )
 def test_smoke_train_and_export(name, options, tmp_path):
@@ -349,6 +352,9 @@ def test_smoke_train_and_export(name, options, tmp_path):
     # A smoke run draws one batch's worth of outliers at most.
     outliers = 200 if tuning else RECIPES[name].outliers
     assert metadata["training"]["outliers"] == min(outliers, RECIPES[name].batch_size)
+    # --augment overrides one setting and keeps the others.
+    expected = {**RECIPES[name].augment, **({"shear": 0.1} if tuning else {})}
+    assert metadata["training"]["augmentation"] == expected
 
 
 def _snapshot_probabilities(folder: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -532,6 +538,11 @@ def test_each_augmentation_layer_has_its_own_seed():
         (["--epochs", "two"], "argument --epochs: not an integer: 'two'"),
         (["--max-batches", "2"], "--max-batches and --tuning-split need an explicit --out"),
         (["--tuning-split"], "--max-batches and --tuning-split need an explicit --out"),
+        (["--augment", "shear"], "argument --augment: expected KEY=VALUE with KEY one of"),
+        (["--augment", "sheer=0.1"], "argument --augment: expected KEY=VALUE with KEY one of"),
+        (["--augment", "shear=nan"], "argument --augment: shear must be a finite number >= 0"),
+        (["--augment", "shear=-1"], "argument --augment: shear must be a finite number >= 0"),
+        (["--augment", "shear=lots"], "argument --augment: not a number: 'lots'"),
     ],
 )
 def test_cli_rejects_out_of_range_options(options, message, capsys):
@@ -731,3 +742,10 @@ def test_an_exported_version_reads_back_into_the_recipes_network():
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
     with pytest.raises(checkpoint.CheckpointError, match="'conv1/kernel' has shape"):
         checkpoint.load(version, SCENES)
+
+
+def test_every_augment_key_the_cli_accepts_is_one_training_reads():
+    from training import cli
+
+    source = (ROOT / "training" / "train.py").read_text()
+    assert all(f'"{key}"' in source for key in cli.AUGMENT_KEYS)

@@ -43,6 +43,36 @@ def _rate(text: str) -> float:
     return value
 
 
+# The augmentation settings training/train.py reads (recipe.augment).
+AUGMENT_KEYS = (
+    "clean_fraction",
+    "cutout",
+    "elastic_alpha",
+    "elastic_sigma",
+    "flip",
+    "rotation",
+    "shear",
+    "stroke",
+    "translation",
+    "variants",
+    "zoom",
+)
+
+
+def _augment_setting(text: str) -> tuple[str, float]:
+    """An argparse type: KEY=VALUE for one augmentation setting, a finite number >= 0."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in AUGMENT_KEYS:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {AUGMENT_KEYS}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 <= number < float("inf"):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{key} must be a finite number >= 0, got {value}")
+    return key, number
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from training.recipes import RECIPES
 
@@ -83,6 +113,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="synthetic noise images trained toward equal probabilities (outlier exposure; "
         "default: the recipe's)",
+    )
+    p.add_argument(
+        "--augment",
+        type=_augment_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one of the recipe's augmentation settings ({', '.join(AUGMENT_KEYS)}); "
+        "repeatable, 0 turns one off",
     )
     p.add_argument(
         "--tuning-split",
@@ -132,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = dataclasses.replace(recipe, dropout=args.dropout)
     if args.outliers is not None:
         recipe = dataclasses.replace(recipe, outliers=args.outliers)
+    if args.augment:
+        recipe = dataclasses.replace(recipe, augment={**recipe.augment, **dict(args.augment)})
     # An explicit version is checked before training; without one, export picks the next free
     # version when it writes, so runs started side by side do not collide.
     if args.version is not None and (args.out / recipe.name / str(args.version)).exists():
