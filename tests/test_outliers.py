@@ -11,7 +11,7 @@ import tensorflow as tf
 from tests.test_training import SHARED_DATA, needs_data
 from training.outliers import synthetic_outliers
 from training.recipes import MNIST, SCENES
-from training.train import InScopeAccuracy, make_datasets
+from training.train import InScopeAccuracy, make_datasets, split
 
 
 @pytest.mark.parametrize("recipe", [MNIST, SCENES], ids=lambda r: r.name)
@@ -47,17 +47,28 @@ def test_in_scope_accuracy_leaves_outlier_rows_out():
 
 @needs_data
 def test_training_set_gains_the_outliers_with_equal_targets_and_validation_none():
-    recipe = dataclasses.replace(MNIST, outliers=50)
+    # The whole training part (one cheap augmentation, to keep it quick): a smoke run's max_batches
+    # would cut the epoch short of some of the rows.
+    recipe = dataclasses.replace(MNIST, outliers=50, augment={"translation": 0.06})
     ds = recipe.load(SHARED_DATA)
-    one_hot = np.eye(10, dtype=np.float32)[ds.y]
-    train, val, x_val, y_val = make_datasets(recipe, ds, seed=3, max_batches=1, targets=one_hot)
+    train_idx, val_idx = split(recipe, ds, seed=3, max_batches=None)
+    train, val, x_val, y_val = make_datasets(recipe, ds, seed=3, max_batches=None)
     targets = np.concatenate([y.numpy() for _, y in train])
     even = np.isclose(targets, 0.1).all(axis=1)
-    assert len(targets) == recipe.batch_size + 50 and even.sum() == 50
+    assert len(targets) == len(train_idx) + 50 and even.sum() == 50
     assert np.isclose(targets[~even].max(axis=1), 1).all()
     val_targets = np.concatenate([y.numpy() for _, y in val])
     assert not np.isclose(val_targets, 0.1).all(axis=1).any()
-    assert len(y_val) == len(x_val) == recipe.batch_size
+    assert len(y_val) == len(x_val) == len(val_idx)
+
+
+@needs_data
+def test_a_smoke_run_trains_max_batches_an_epoch_outliers_included():
+    recipe = dataclasses.replace(MNIST, outliers=50, augment={"translation": 0.06})
+    ds = recipe.load(SHARED_DATA)
+    train, *_ = make_datasets(recipe, ds, seed=3, max_batches=2)
+    assert int(train.cardinality()) == 2
+    assert sum(len(y) for _, y in train) == 2 * recipe.batch_size
 
 
 def test_a_recipe_cannot_both_distil_and_expose_outliers(tmp_path):

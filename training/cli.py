@@ -43,24 +43,10 @@ def _rate(text: str) -> float:
     return value
 
 
-# The augmentation settings training/train.py reads (recipe.augment).
-AUGMENT_KEYS = (
-    "clean_fraction",
-    "cutout",
-    "elastic_alpha",
-    "elastic_sigma",
-    "flip",
-    "rotation",
-    "shear",
-    "stroke",
-    "translation",
-    "variants",
-    "zoom",
-)
-
-
 def _augment_setting(text: str) -> tuple[str, float]:
     """An argparse type: KEY=VALUE for one augmentation setting, a finite number >= 0."""
+    from training.recipes import AUGMENT_KEYS
+
     key, sep, value = text.partition("=")
     if not sep or key not in AUGMENT_KEYS:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {AUGMENT_KEYS}")
@@ -74,7 +60,7 @@ def _augment_setting(text: str) -> tuple[str, float]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from training.recipes import RECIPES
+    from training.recipes import AUGMENT_KEYS, RECIPES
 
     p = argparse.ArgumentParser(
         prog="convnet-train", description="Train, evaluate and export a ConvNet as a SavedModel."

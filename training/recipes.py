@@ -15,6 +15,21 @@ import keras
 
 from training import architectures, data
 
+# The keys of Recipe.augment that training/train.py reads; `convnet-train --augment` takes these.
+AUGMENT_KEYS = (
+    "clean_fraction",
+    "cutout",
+    "elastic_alpha",
+    "elastic_sigma",
+    "flip",
+    "rotation",
+    "shear",
+    "stroke",
+    "translation",
+    "variants",
+    "zoom",
+)
+
 
 @dataclass(frozen=True)
 class Recipe:

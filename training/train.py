@@ -212,10 +212,6 @@ def split(
     return train_idx, val_idx
 
 
-def _one_hot(recipe: Recipe, labels: np.ndarray) -> np.ndarray:
-    return np.eye(len(recipe.classes), dtype=np.float32)[labels]
-
-
 def _outlier_count(recipe: Recipe, max_batches: int | None) -> int:
     """The recipe's outliers; a smoke run's share of them, one batch's worth at most."""
     if max_batches is None:
@@ -234,8 +230,8 @@ def make_datasets(
     model is fitted to; the returned y_val is always the labels."""
     train_idx, val_idx = split(recipe, ds, seed, max_batches)
     fit_to = ds.y if targets is None else targets
-    if targets is None and recipe.label_smoothing:  # smoothing needs one-hot targets
-        fit_to = _one_hot(recipe, ds.y)
+    if targets is None and (recipe.label_smoothing or recipe.outliers):  # one-hot targets
+        fit_to = np.eye(len(recipe.classes), dtype=np.float32)[ds.y]
     x_val = _scale(ds.x[val_idx], recipe).numpy()
     y_val = ds.y[val_idx]
     augment = _augment_fn(recipe, seed)
@@ -251,6 +247,8 @@ def make_datasets(
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
         .batch(recipe.batch_size)
+        # A smoke run trains on max_batches batches an epoch, outliers or not.
+        .take(-1 if max_batches is None else max_batches)
         .map(lambda x, y: (augment(x), y))
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -436,11 +434,8 @@ def train(
         targets = np.concatenate([ds.y[:, None].astype(np.float32), logits], axis=1)
         loss = distillation_loss(recipe.distill_alpha, recipe.distill_temperature)
         metric = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
-    elif recipe.outliers:
-        targets, metric = _one_hot(recipe, ds.y), InScopeAccuracy()
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
-    elif recipe.label_smoothing:
-        targets, metric = None, keras.metrics.CategoricalAccuracy(name="accuracy")
+    elif recipe.label_smoothing or recipe.outliers:  # targets that are probabilities
+        targets, metric = None, InScopeAccuracy()
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
     else:
         targets, loss, metric = None, "sparse_categorical_crossentropy", "accuracy"
