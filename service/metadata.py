@@ -35,6 +35,9 @@ LAYER_TYPES = (
     "add",
     "global_pool",
     "scale",
+    "views",
+    "view_mean",
+    # scenes v5 and before: their mirror-image layers, "views" and "view_mean" since.
     "flip",
     "flip_mean",
 )

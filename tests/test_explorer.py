@@ -669,6 +669,19 @@ def test_the_arithmetic_follows_the_keyboard_and_says_where_there_is_none(page, 
     assert_clean(page, server.url)
 
 
+def test_the_shift_views_say_there_is_no_arithmetic(page, server):
+    """mnist from v7 runs on the digit and its one-pixel shifts (`views`, `view_mean`)."""
+    info = open_explorer(page, server.url, "mnist")
+    with_weights(page, "mnist")
+    rows = {r["type"]: r for r in info["layers"]}
+    panel = click_unit(page, rows["views"]["name"], rows["views"]["output_shape"], 0, 16, 16)
+    assert panel["kind"] == "none" and "shifts by one pixel" in panel["text"]
+    assert "result" not in panel
+    panel = click_strip_unit(page, "view_mean", rows["view_mean"]["output_shape"][0], 5)
+    assert panel["kind"] == "none" and "no arithmetic view" in panel["text"]
+    assert_clean(page, server.url)
+
+
 @pytest.mark.parametrize("model", ["mnist", "scenes"])
 def test_filters_sit_above_their_maps_coloured_around_zero(page, server, model):
     info = open_explorer(page, server.url, model)

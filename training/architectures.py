@@ -120,23 +120,58 @@ def mnist_teacher(num_classes: int = 10) -> keras.Model:
     return _vgg("mnist_teacher", (32, 32, 1), (16, 32), num_classes, 0.3, softmax=False)
 
 
-class FlipBatch(layers.Layer):
-    """The batch followed by its horizontal mirror images: (N, H, W, C) -> (2N, H, W, C).
-    Test-time augmentation inside the served graph (export.flip_averaged)."""
+# What each test-time view does to the image (architectures.ViewBatch): a mirror image, or a
+# shift of one pixel with zeros (a digit's background) filling the row or column left empty.
+VIEWS = ("mirror", "up", "down", "left", "right")
+
+
+def _view(images, view: str):
+    if view == "mirror":
+        return keras.ops.flip(images, axis=2)
+    zeros = [[0, 0], [0, 0], [0, 0], [0, 0]]
+    axis, before = {"up": (1, 0), "down": (1, 1), "left": (2, 0), "right": (2, 1)}[view]
+    zeros[axis] = [1, 0] if before else [0, 1]
+    padded = keras.ops.pad(images, zeros)
+    size = keras.ops.shape(images)[axis]
+    start = 0 if before else 1
+    return padded[:, start : start + size] if axis == 1 else padded[:, :, start : start + size]
+
+
+class ViewBatch(layers.Layer):
+    """The batch followed by each of its views: (N, H, W, C) -> ((1 + len(views)) N, H, W, C).
+    Test-time augmentation inside the served graph (export.view_averaged); the first N rows are
+    the images as sent."""
+
+    def __init__(self, views: tuple[str, ...] | list[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        unknown = set(views) - set(VIEWS)
+        if not views or unknown:
+            raise ValueError(f"views must be some of {VIEWS}, got {views}")
+        self.views = tuple(views)
+
+    def get_config(self):
+        return {**super().get_config(), "views": list(self.views)}
 
     def call(self, images):
-        return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
+        return keras.ops.concatenate([images, *(_view(images, v) for v in self.views)], axis=0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
 
-class FlipMean(layers.Layer):
-    """The mean of each image's row and its mirror image's: (2N, D) -> (N, D)."""
+class ViewMean(layers.Layer):
+    """The mean of each image's row and its views' rows: ((1 + views) N, D) -> (N, D)."""
+
+    def __init__(self, views: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.views = views
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
 
     def call(self, rows):
-        n = keras.ops.shape(rows)[0] // 2
-        return (rows[:n] + rows[n:]) / 2
+        n = keras.ops.shape(rows)[0] // (1 + self.views)
+        return sum(rows[i * n : (i + 1) * n] for i in range(1 + self.views)) / (1 + self.views)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -163,22 +163,21 @@ def fit_heads(
 
 
 class ChannelMeans(keras.layers.Layer):
-    """(B, H, W, C) -> (N, C): a feature map's mean per channel; with flip averaging (B = 2N,
-    each image then its mirror image) the mean of the two, as the embedding is (FlipMean)."""
+    """(B, H, W, C) -> (N, C): a feature map's mean per channel; with test-time views (B = (1 +
+    views) N, each image then its views) the mean over the image and its views, as the embedding
+    is (ViewMean)."""
 
-    def __init__(self, flip_averaged: bool = False, **kwargs) -> None:
+    def __init__(self, views: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.flip_averaged = flip_averaged
+        self.views = views
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "flip_averaged": self.flip_averaged}
+        return {**super().get_config(), "views": self.views}
 
     def call(self, maps):
         means = keras.ops.mean(maps, axis=(1, 2))
-        if not self.flip_averaged:
-            return means
-        n = keras.ops.shape(means)[0] // 2
-        return (means[:n] + means[n:]) / 2
+        n = keras.ops.shape(means)[0] // (1 + self.views)
+        return sum(means[i * n : (i + 1) * n] for i in range(1 + self.views)) / (1 + self.views)
 
 
 class FeatureDistance(keras.layers.Layer):

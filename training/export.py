@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from service.metadata import METADATA_PATH, SNAPSHOTS_FOLDER, validate
-from training.architectures import FlipBatch, FlipMean
+from training.architectures import ViewBatch, ViewMean
 from training.calibration import ChannelMeans, DistanceHeads, FeatureDistance
 from training.recipes import Recipe
 from training.snapshots import Snapshot
@@ -53,8 +53,8 @@ _LAYER_TYPES = {
     keras.layers.Add: "add",
     keras.layers.GlobalAveragePooling2D: "global_pool",
     keras.layers.Rescaling: "scale",
-    FlipBatch: "flip",
-    FlipMean: "flip_mean",
+    ViewBatch: "views",
+    ViewMean: "view_mean",
 }
 DISTANCE_OUTPUT = "distance"
 
@@ -147,15 +147,16 @@ def logits_and_embedding(model: keras.Model) -> tuple[keras.layers.Layer, keras.
     return logits, before[-1]
 
 
-def flip_averaged(model: keras.Model) -> keras.Model:
-    """Test-time flip averaging in the graph: the network runs on each image and its mirror image
-    (`flip`), averages the two embeddings (`flip_mean`) and classifies the mean; the class layer
-    being linear, that is the mean of the two logits. Every layer keeps its name and weights."""
+def view_averaged(model: keras.Model, views: tuple[str, ...]) -> keras.Model:
+    """Test-time augmentation in the graph: the network runs on each image and its views
+    (`views`: its mirror image, or its shifts by one pixel), averages their embeddings
+    (`view_mean`) and classifies the mean; the class layer being linear, that is the mean of
+    their logits. Every layer keeps its name and weights."""
     logits, embedding = logits_and_embedding(model)
     backbone = keras.Model(model.inputs, embedding.output)
     image = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="image")
     inbound = _inbound(backbone)
-    # The backbone replayed on the doubled batch with copies of its layers (same names, same
+    # The backbone replayed on the larger batch with copies of its layers (same names, same
     # weights): a layer object called twice would have two outputs, and no single `/features` row.
 
     def copy_of(layer: keras.layers.Layer, inputs):
@@ -164,12 +165,12 @@ def flip_averaged(model: keras.Model) -> keras.Model:
         copy.set_weights(layer.get_weights())
         return out
 
-    tensors = {backbone.inputs[0].name: FlipBatch(name="flip")(image)}
+    tensors = {backbone.inputs[0].name: ViewBatch(views, name="views")(image)}
     for layer in backbone.layers:
         if not isinstance(layer, keras.layers.InputLayer):
             sources = [tensors[name] for name in inbound[layer.name]]
             tensors[layer.name] = copy_of(layer, sources if len(sources) > 1 else sources[0])
-    mean = FlipMean(name="flip_mean")(tensors[embedding.name])
+    mean = ViewMean(len(views), name="view_mean")(tensors[embedding.name])
     probabilities = copy_of(model.layers[-1], copy_of(logits, mean))  # class layer, softmax
     return keras.Model(image, probabilities, name=model.name)
 
@@ -178,9 +179,10 @@ def distance_inputs(model: keras.Model, layers: tuple[str, ...] | list[str]) -> 
     """The distance heads' features in the model's graph: its embedding, then the channel means
     of each named feature map (training/calibration.py)."""
     _, embedding = logits_and_embedding(model)
-    flipped = any(isinstance(layer, FlipBatch) for layer in model.layers)
+    batch = [layer for layer in model.layers if isinstance(layer, ViewBatch)]
+    views = len(batch[0].views) if batch else 0
     means = [
-        ChannelMeans(flipped, name=f"channel_means_{name}")(model.get_layer(name).output)
+        ChannelMeans(views, name=f"channel_means_{name}")(model.get_layer(name).output)
         for name in layers
     ]
     return [embedding.output, *means]
@@ -211,8 +213,8 @@ def gradcam_fn(model: keras.Model, layer_name: str, logits_name: str):
             maps, logits, probs = grad_model(image, training=False)
             score = tf.gather(logits, class_index, batch_dims=1)
         grads = tape.gradient(score, maps)
-        # With flip averaging the maps hold each image and then its mirror image: the map of the
-        # image as sent is the first N.
+        # With test-time views the maps hold each image and then its views: the map of the image
+        # as sent is the first N.
         n = tf.shape(logits)[0]
         maps, grads = maps[:n], grads[:n]
         weights = tf.reduce_mean(grads, axis=(1, 2))

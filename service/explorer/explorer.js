@@ -729,6 +729,8 @@ function select(sel) {
   } else {
     kind = "none";
     const why = {
+      views: "This layer adds views of the input (its mirror image, or its shifts by one pixel), so that every later layer sees them all; nothing is computed at a unit (the maps shown are the original image's).",
+      view_mean: "This layer averages each value over the image and its views; the page has only the original image's values, so it has no arithmetic view.",
       flip: "This layer adds the mirror image of the input, so that every later layer sees both; nothing is computed at a unit (the maps shown are the original image's).",
       flip_mean: "This layer averages each value over the image and its mirror image; the page has only the original image's values, so it has no arithmetic view.",
       softmax: "See the softmax table above: the logits, their exponentials and the normalisation.",
