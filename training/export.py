@@ -34,7 +34,7 @@ from service.metadata import METADATA_PATH, SNAPSHOTS_FOLDER, validate
 from training.architectures import ViewBatch, ViewMean
 from training.calibration import ChannelMeans, DistanceHeads, FeatureDistance
 from training.recipes import Recipe
-from training.snapshots import Snapshot
+from training.snapshots import Snapshot, served_graph
 from training.snapshots import export as write_snapshots
 
 METADATA_FORMAT = 2  # 2: calibration, uncertainty and the distance output
@@ -311,6 +311,7 @@ def export(
             lambda: recipe.build(len(recipe.classes), recipe.dropout),
             history or {},
             staging,
+            served_graph(recipe),
         )
     elif snapshot_dir is not None:  # the same weights as the version they were taken with
         shutil.copytree(snapshot_dir, staging / SNAPSHOTS_FOLDER)

@@ -121,14 +121,19 @@ def export(
     build: Any,
     history: dict[str, list[float]],
     version_dir: Path,
+    served: Any = None,
 ) -> None:
-    """Write `snapshots/` into an export: `build()` makes the recipe's network, untrained."""
+    """Write `snapshots/` into an export: `build()` makes the recipe's network, untrained;
+    `served(network)`, when given, the graph it is served in (its test-time views), so that the
+    trained snapshot answers as the version does before its temperature."""
     folder = Path(version_dir) / SNAPSHOTS_FOLDER
     folder.mkdir()
     entries = []
     for snap in snapshots:
         model = build()
         model.set_weights(snap.weights)
+        if served is not None:
+            model = served(model)
         file = f"{snap.name}.tflite"
         (folder / file).write_bytes(_engine(model))
         entries.append({**snap.info(), "file": file})
@@ -141,6 +146,15 @@ def export(
     }
     validate_snapshots(json.loads(json.dumps(index)), f"{version_dir}'s snapshots")
     (folder / SNAPSHOTS_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def served_graph(recipe: Any) -> Any:
+    """What snapshots.export's `served` is for a recipe: its test-time views, or None."""
+    if not recipe.test_time_views:
+        return None
+    from training.export import view_averaged
+
+    return lambda model: view_averaged(model, recipe.test_time_views)
 
 
 class ReplayError(Exception):
@@ -173,5 +187,6 @@ def replay(recipe: Any, version_dir: Path, data_dir: Path, epochs: int = 5) -> P
         lambda: recipe.build(len(recipe.classes), recipe.dropout),
         recorded.history,
         version_dir,
+        served_graph(recipe),
     )
     return version_dir / SNAPSHOTS_FOLDER
