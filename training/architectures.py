@@ -1,6 +1,7 @@
 """The two networks, written as the layer lists of their figures.
 
 Every layer is named: the names are the public contract of the service's `/features` route.
+The test-time views (ViewBatch, ViewMean) wrap a trained network at export, never in training.
 Dropout layers act only in training; the exported features signature leaves them out.
 """
 

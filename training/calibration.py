@@ -176,6 +176,8 @@ class ChannelMeans(keras.layers.Layer):
 
     def call(self, maps):
         means = keras.ops.mean(maps, axis=(1, 2))
+        if not self.views:
+            return means
         n = keras.ops.shape(means)[0] // (1 + self.views)
         return sum(means[i * n : (i + 1) * n] for i in range(1 + self.views)) / (1 + self.views)
 
