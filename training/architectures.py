@@ -126,16 +126,15 @@ def mnist_teacher(num_classes: int = 10) -> keras.Model:
 VIEWS = ("mirror", "up", "down", "left", "right")
 
 
-def _view(images, view: str):
-    if view == "mirror":
-        return keras.ops.flip(images, axis=2)
-    zeros = [[0, 0], [0, 0], [0, 0], [0, 0]]
-    axis, before = {"up": (1, 0), "down": (1, 1), "left": (2, 0), "right": (2, 1)}[view]
-    zeros[axis] = [1, 0] if before else [0, 1]
-    padded = keras.ops.pad(images, zeros)
-    size = keras.ops.shape(images)[axis]
-    start = 0 if before else 1
-    return padded[:, start : start + size] if axis == 1 else padded[:, :, start : start + size]
+# Where a shifted view reads each pixel from: view[y, x] = image[y + dy, x + dx].
+_SHIFTS = {"up": (1, 0), "down": (-1, 0), "left": (0, 1), "right": (0, -1)}
+
+
+def mean_over_views(rows, views: int):
+    """((1 + views) N, D) rows, each image's then each view's -> (N, D), their mean."""
+    if not views:
+        return rows
+    return keras.ops.mean(keras.ops.reshape(rows, (1 + views, -1, rows.shape[-1])), axis=0)
 
 
 class ViewBatch(layers.Layer):
@@ -154,7 +153,17 @@ class ViewBatch(layers.Layer):
         return {**super().get_config(), "views": list(self.views)}
 
     def call(self, images):
-        return keras.ops.concatenate([images, *(_view(images, v) for v in self.views)], axis=0)
+        height, width = images.shape[1], images.shape[2]
+        # Zeros around the image, once; each shift is a window of it.
+        padded = keras.ops.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
+
+        def view(name: str):
+            if name == "mirror":
+                return keras.ops.flip(images, axis=2)
+            dy, dx = _SHIFTS[name]
+            return padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+
+        return keras.ops.concatenate([images, *(view(v) for v in self.views)], axis=0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -171,8 +180,7 @@ class ViewMean(layers.Layer):
         return {**super().get_config(), "views": self.views}
 
     def call(self, rows):
-        n = keras.ops.shape(rows)[0] // (1 + self.views)
-        return sum(rows[i * n : (i + 1) * n] for i in range(1 + self.views)) / (1 + self.views)
+        return mean_over_views(rows, self.views)
 
     def compute_output_shape(self, input_shape):
         return input_shape

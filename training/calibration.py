@@ -32,6 +32,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from training.architectures import mean_over_views
+
 BINS = 15
 # The share of held-out images whose distance may exceed max_distance.
 DISTANCE_QUANTILE = 0.99
@@ -175,11 +177,7 @@ class ChannelMeans(keras.layers.Layer):
         return {**super().get_config(), "views": self.views}
 
     def call(self, maps):
-        means = keras.ops.mean(maps, axis=(1, 2))
-        if not self.views:
-            return means
-        n = keras.ops.shape(means)[0] // (1 + self.views)
-        return sum(means[i * n : (i + 1) * n] for i in range(1 + self.views)) / (1 + self.views)
+        return mean_over_views(keras.ops.mean(maps, axis=(1, 2)), self.views)
 
 
 class FeatureDistance(keras.layers.Layer):

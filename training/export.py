@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from service.metadata import METADATA_PATH, SNAPSHOTS_FOLDER, validate
 from training.architectures import ViewBatch, ViewMean
 from training.calibration import ChannelMeans, DistanceHeads, FeatureDistance
 from training.recipes import Recipe
-from training.snapshots import Snapshot, served_graph
+from training.snapshots import Snapshot
 from training.snapshots import export as write_snapshots
 
 METADATA_FORMAT = 2  # 2: calibration, uncertainty and the distance output
@@ -173,6 +174,14 @@ def view_averaged(model: keras.Model, views: tuple[str, ...]) -> keras.Model:
     mean = ViewMean(len(views), name="view_mean")(tensors[embedding.name])
     probabilities = copy_of(model.layers[-1], copy_of(logits, mean))  # class layer, softmax
     return keras.Model(image, probabilities, name=model.name)
+
+
+def served_graph(recipe: Recipe) -> Callable[[keras.Model], keras.Model] | None:
+    """The recipe's network as it is served (its test-time views), for its snapshots; None
+    when it is served as trained."""
+    if not recipe.test_time_views:
+        return None
+    return lambda model: view_averaged(model, recipe.test_time_views)
 
 
 def distance_inputs(model: keras.Model, layers: tuple[str, ...] | list[str]) -> list:

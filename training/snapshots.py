@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def export(
     build: Any,
     history: dict[str, list[float]],
     version_dir: Path,
-    served: Any = None,
+    served: Callable[[keras.Model], keras.Model] | None = None,
 ) -> None:
     """Write `snapshots/` into an export: `build()` makes the recipe's network, untrained;
     `served(network)`, when given, the graph it is served in (its test-time views), so that the
@@ -148,15 +149,6 @@ def export(
     (folder / SNAPSHOTS_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def served_graph(recipe: Any) -> Any:
-    """What snapshots.export's `served` is for a recipe: its test-time views, or None."""
-    if not recipe.test_time_views:
-        return None
-    from training.export import view_averaged
-
-    return lambda model: view_averaged(model, recipe.test_time_views)
-
-
 class ReplayError(Exception):
     """The replayed epochs did not retrace the version's recorded training."""
 
@@ -166,6 +158,7 @@ def replay(recipe: Any, version_dir: Path, data_dir: Path, epochs: int = 5) -> P
     seed and schedule, for the first `epochs` epochs only (training is deterministic on CPU), then
     checked against the version's recorded history; its own weights are the final snapshot."""
     from training import checkpoint
+    from training.export import served_graph
     from training.train import train
 
     version_dir = Path(version_dir)
